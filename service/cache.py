@@ -1,0 +1,194 @@
+"""Response cache: Redis when MAGNET_REDIS_URL is set, an in-process LRU otherwise.
+
+Values are the exact JSON bytes of a response body, so a hit is served without
+re-encoding. Keys start with ``magnet:<model_version>:`` so a reload never serves
+the previous model's answers, and every entry carries a TTL.
+
+The cache is an accelerator, never a dependency: a Redis error or timeout is
+counted, logged once, and answered as a miss; the caller computes and responds as
+usual. After an error the Redis cache backs off (exponentially, capped) and skips
+Redis entirely until the pause ends; the next call then tries again, and redis-py
+opens a fresh connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
+
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def recommend_key(model_version: str, user_id: str, k: int) -> str:
+    """Key for one user's top-k (the user id is last, so no separator ambiguity)."""
+    return f"magnet:{model_version}:rec:{k}:{user_id}"
+
+
+def explain_key(model_version: str, user_id: str, item_id: str) -> str:
+    """Key for one explanation; the user id's length keeps (a:b, c) and (a, b:c) apart."""
+    return f"magnet:{model_version}:exp:{len(user_id)}:{user_id}:{item_id}"
+
+
+class Cache(Protocol):
+    """What the routers need from a cache backend."""
+
+    backend: str
+
+    async def get_many(self, keys: Sequence[str], kind: str) -> list[bytes | None]: ...
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalCache:
+    """In-process LRU with per-entry expiry; lives on the event loop, so no locking."""
+
+    backend = "local"
+
+    def __init__(self, *, max_items: int, ttl_s: float, metrics: Metrics) -> None:
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._max = max_items
+        self._ttl = ttl_s
+        self._metrics = metrics
+
+    async def get_many(self, keys: Sequence[str], kind: str) -> list[bytes | None]:
+        now = time.monotonic()
+        out: list[bytes | None] = []
+        for key in keys:
+            entry = self._data.get(key)
+            if entry is not None and entry[0] > now:
+                self._data.move_to_end(key)
+                out.append(entry[1])
+            else:
+                if entry is not None:
+                    del self._data[key]
+                out.append(None)
+        hits = sum(v is not None for v in out)
+        self._metrics.cache_hits.labels(self.backend, kind).inc(hits)
+        self._metrics.cache_misses.labels(self.backend, kind).inc(len(out) - hits)
+        return out
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        expires = time.monotonic() + self._ttl
+        for key, value in items:
+            self._data[key] = (expires, value)
+            self._data.move_to_end(key)
+        while len(self._data) > self._max:
+            self._data.popitem(last=False)
+
+    async def close(self) -> None:
+        self._data.clear()
+
+
+class RedisCache:
+    """redis-py asyncio client with short timeouts, no client retries, and our own back-off."""
+
+    backend = "redis"
+
+    def __init__(self, url: str, *, ttl_s: int, timeout_s: float, backoff_s: float, backoff_max_s: float,
+                 metrics: Metrics) -> None:
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self._client = Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),  # one try; we answer without the cache instead of waiting
+            retry_on_timeout=False,
+            health_check_interval=0,
+            max_connections=256,
+        )
+        self._ttl = ttl_s
+        self._timeout = timeout_s
+        self._backoff0 = backoff_s
+        self._backoff_max = backoff_max_s
+        self._backoff = backoff_s
+        self._down_until = 0.0
+        self._down = False
+        self._metrics = metrics
+        self._url = url
+
+    def _available(self, op: str) -> bool:
+        if time.monotonic() < self._down_until:
+            self._metrics.cache_bypassed.labels(self.backend, op).inc()
+            return False
+        return True
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        self._metrics.cache_errors.labels(self.backend, op).inc()
+        self._metrics.cache_up.labels(self.backend).set(0)
+        if not self._down:
+            log.warning("redis cache unavailable, serving without it",
+                        extra={"op": op, "error": f"{type(exc).__name__}: {exc}", "retry_in_s": self._backoff})
+        self._down = True
+        self._down_until = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self._backoff_max)
+
+    def _succeeded(self) -> None:
+        if self._down:
+            log.info("redis cache reachable again")
+            self._metrics.cache_up.labels(self.backend).set(1)
+        self._down = False
+        self._backoff = self._backoff0
+
+    async def get_many(self, keys: Sequence[str], kind: str) -> list[bytes | None]:
+        if not keys:
+            return []
+        if not self._available("get"):
+            self._metrics.cache_misses.labels(self.backend, kind).inc(len(keys))
+            return [None] * len(keys)
+        try:
+            call = self._client.get(keys[0]) if len(keys) == 1 else self._client.mget(list(keys))
+            raw = await asyncio.wait_for(call, timeout=self._timeout * 4)
+        except Exception as exc:  # any client failure is a miss, never a 5xx
+            self._failed("get", exc)
+            self._metrics.cache_misses.labels(self.backend, kind).inc(len(keys))
+            return [None] * len(keys)
+        self._succeeded()
+        values = [raw] if len(keys) == 1 else list(raw)
+        hits = sum(v is not None for v in values)
+        self._metrics.cache_hits.labels(self.backend, kind).inc(hits)
+        self._metrics.cache_misses.labels(self.backend, kind).inc(len(values) - hits)
+        return values
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        if not items or not self._available("set"):
+            return
+        try:
+            if len(items) == 1:
+                call = self._client.set(items[0][0], items[0][1], ex=self._ttl)
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                for key, value in items:
+                    pipe.set(key, value, ex=self._ttl)
+                call = pipe.execute()
+            await asyncio.wait_for(call, timeout=self._timeout * 4)
+        except Exception as exc:
+            self._failed("set", exc)
+            return
+        self._succeeded()
+
+    async def close(self) -> None:
+        try:
+            await self._client.aclose()
+        except Exception:  # closing a dead connection is not worth a traceback
+            pass
+
+
+def make_cache(settings: Settings, metrics: Metrics) -> Cache:
+    """Redis when a URL is configured, else the in-process LRU."""
+    if settings.redis_url:
+        return RedisCache(settings.redis_url, ttl_s=settings.cache_ttl_s, timeout_s=settings.redis_timeout_s,
+                          backoff_s=settings.redis_backoff_s, backoff_max_s=settings.redis_backoff_max_s,
+                          metrics=metrics)
+    return LocalCache(max_items=settings.cache_max_items, ttl_s=settings.cache_ttl_s, metrics=metrics)

@@ -1,0 +1,1 @@
+"""One router per concern; `service.app.create_app` includes them all."""

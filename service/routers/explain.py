@@ -1,0 +1,25 @@
+"""Why an item scores what it does for a user: base + per-expert contributions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from service.dependencies import CacheDep, ModelDep
+from service.ranking import explanation
+from service.responses import OrjsonResponse
+from service.schemas import ErrorResponse, Explanation
+
+router = APIRouter(tags=["explain"])
+
+
+@router.get("/explain/{user_id}/{item_id}", response_model=Explanation,
+            responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+            summary="Explain a user-item score by expert and modality")
+async def explain(user_id: str, item_id: str, state: ModelDep, cache: CacheDep) -> OrjsonResponse:
+    """score = base + sum(contribution), with score identical to /recommend's for the
+    pair. Cached per model_version; ``cached`` says whether this answer came from it."""
+    if user_id not in state.user_index:
+        raise HTTPException(status_code=404, detail=f"unknown user_id {user_id!r}")
+    if item_id not in state.item_index:
+        raise HTTPException(status_code=404, detail=f"unknown item_id {item_id!r}")
+    return OrjsonResponse(await explanation(state, cache, user_id, item_id))

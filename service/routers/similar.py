@@ -1,0 +1,30 @@
+"""Items near an item in the embedding space."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+
+from service.dependencies import ModelDep
+from service.ranking import compute_similar
+from service.responses import OrjsonResponse
+from service.schemas import MAX_K, ErrorResponse, SimilarItems
+
+router = APIRouter(tags=["recommend"])
+
+
+@router.get("/similar/{item_id}", response_model=SimilarItems,
+            responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+            summary="Nearest items to an item")
+async def similar(
+    item_id: str,
+    state: ModelDep,
+    k: Annotated[int, Query(ge=1, le=MAX_K, description="number of items")] = 10,
+) -> OrjsonResponse:
+    """Items with the largest inner product with this item's embedding (the same
+    index /recommend uses), excluding the item itself."""
+    item = state.item_index.get(item_id)
+    if item is None:
+        raise HTTPException(status_code=404, detail=f"unknown item_id {item_id!r}")
+    return OrjsonResponse(compute_similar(state, item, k))

@@ -1,0 +1,107 @@
+"""Request and response models: they define what /docs and /openapi.json show.
+
+Handlers build plain dicts and return them as orjson bytes (see
+`service.responses`) for speed, so these models document the wire format; the tests
+validate real responses against them to keep the two in step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_K = 1000
+MAX_BATCH_USERS = 1000
+
+
+class ScoredItem(BaseModel):
+    item_id: str = Field(description="external item id")
+    score: float = Field(description="e_u . e_i (popular fallback: training interaction count)")
+
+
+class Recommendation(BaseModel):
+    user_id: str
+    model_version: str
+    fallback: Literal["popular"] | None = Field(
+        description='null for a known user; "popular" when the user is unknown and gets the most popular items'
+    )
+    items: list[ScoredItem] = Field(description="best first; never the user's training items")
+
+
+class BatchRecommendRequest(BaseModel):
+    model_config = ConfigDict(coerce_numbers_to_str=True, extra="forbid")
+
+    user_ids: list[str] = Field(max_length=MAX_BATCH_USERS, description="external user ids")
+    k: int = Field(10, ge=1, le=MAX_K, description="items per user")
+
+
+class BatchRecommendResponse(BaseModel):
+    results: list[Recommendation] = Field(description="one entry per requested user id, in request order")
+
+
+class SimilarItems(BaseModel):
+    item_id: str
+    model_version: str
+    items: list[ScoredItem] = Field(description="largest inner product e_i . e_j first; the item itself excluded")
+
+
+class ExpertContribution(BaseModel):
+    name: str
+    role: Literal["dominant", "balanced", "complementary"]
+    modality: str | None
+    weight: float = Field(description="routing gate g_ie of this expert for the item (0 when not routed)")
+    contribution: float = Field(description="g_ie * (e_u . x_ie): this expert's share of the score")
+
+
+class Explanation(BaseModel):
+    user_id: str
+    item_id: str
+    model_version: str
+    score: float = Field(description="e_u . e_i, identical to /recommend's score for the pair")
+    base: float = Field(description="e_u . c_i, the collaborative part; base + sum(contribution) == score")
+    experts: list[ExpertContribution]
+    modalities: dict[str, float] = Field(
+        description="share of the expert evidence per modality, summing to 1 (empty without experts): "
+        "each expert's |contribution| goes to its modality if dominant, and is split evenly over the "
+        "modalities involved if balanced or complementary"
+    )
+    top_expert: str = Field(description='expert with the largest contribution ("base" when none is routed)')
+    reason: str = Field(description="one human-readable sentence")
+    cached: bool = Field(description="true when served from the cache")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+    model_version: str
+    model: str
+    n_users: int
+    n_items: int
+    index: str
+
+
+class NotReady(BaseModel):
+    status: Literal["loading", "not_ready"]
+    detail: str
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: str | None = Field(None, description="bundle directory; omitted -> reload the current path")
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    previous_model_version: str | None
+    bundle: str
+    seconds: float
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    request_id: str | None = None

@@ -1,0 +1,124 @@
+"""Top-K retrieval through the bundle's FAISS index.
+
+FAISS proposes candidates; every candidate is then re-scored with `score_items`,
+the one scoring function /recommend and /explain share, so the score a client sees
+for a pair is identical in both. Training items are removed after the search, and
+the search is made deep enough (K + #seen + a margin) that removing them never
+leaves fewer than K results; an approximate index that still comes up short is
+searched deeper, and as a last resort the catalog is scanned exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from service.bundle import Bundle
+
+
+_omp = threading.local()
+
+
+def _set_omp_threads(faiss: Any, n: int) -> None:
+    """OpenMP's thread count is per calling thread, so set it in each thread that searches."""
+    if getattr(_omp, "n", None) != n:
+        faiss.omp_set_num_threads(n)
+        _omp.n = n
+
+
+def score_items(user_vec: np.ndarray, item_emb: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """e_u . e_i for each item, accumulated in float64 row by row (deterministic per pair)."""
+    rows = item_emb[np.asarray(items, dtype=np.int64)].astype(np.float64)
+    return (rows * user_vec.astype(np.float64)).sum(axis=1)
+
+
+def _top(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k by score, ties broken by item index so results are reproducible."""
+    order = np.lexsort((cand, -scores))[:k]
+    return cand[order], scores[order]
+
+
+class ItemSearcher:
+    """Recommend / similar-items / popular lists for one bundle (read-only, thread-safe)."""
+
+    def __init__(self, bundle: Bundle, *, margin: int = 16, threads: int = 1) -> None:
+        import faiss
+
+        self.bundle = bundle
+        self.index = bundle.index
+        self.margin = margin
+        self.threads = threads
+        info = bundle.index_info
+        self.exact = bool(info.get("exact", info.get("type") == "flat"))
+        self._ef_search = int(info.get("ef_search", 64))
+        self._hnsw = isinstance(faiss.downcast_index(self.index), faiss.IndexHNSW)
+        self._faiss = faiss
+        # Popularity order, computed once: most trained-on first, ties by item index.
+        pop = bundle.popularity.astype(np.float64)
+        self.popular_order = np.lexsort((np.arange(pop.size), -pop))
+        self.popular_scores = pop[self.popular_order]
+
+    # ---------------------------------------------------------------- internals
+
+    def _search(self, queries: np.ndarray, depth: int) -> np.ndarray:
+        _set_omp_threads(self._faiss, self.threads)
+        params: Any = None
+        if self._hnsw:
+            params = self._faiss.SearchParametersHNSW()
+            params.efSearch = max(self._ef_search, depth)
+        _, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth, params=params)
+        return ids
+
+    def _ranked(
+        self,
+        queries: np.ndarray,
+        excludes: Sequence[np.ndarray],
+        k: int,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top-k items per query vector with each query's `excludes` removed."""
+        n = self.bundle.n_items
+        item_emb = self.bundle.item_emb
+        wanted = [min(k, n - int(np.unique(ex).size)) for ex in excludes]
+        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(queries)
+        pending = list(range(len(queries)))
+        depth = min(n, k + max((ex.size for ex in excludes), default=0) + self.margin)
+        while pending:
+            ids = self._search(queries[pending], depth)
+            retry = []
+            for row, j in enumerate(pending):
+                cand = ids[row]
+                cand = cand[cand >= 0]
+                if excludes[j].size:
+                    cand = cand[~np.isin(cand, excludes[j])]
+                if cand.size < wanted[j]:
+                    if depth < n:
+                        retry.append(j)
+                        continue
+                    # The graph could not reach enough items even at full depth: scan exactly.
+                    cand = np.setdiff1d(np.arange(n), excludes[j])
+                out[j] = _top(cand, score_items(queries[j], item_emb, cand), k)
+            pending = retry
+            depth = min(n, depth * 2)
+        return out  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- public
+
+    def recommend(self, users: Sequence[int], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top-k unseen items (internal indices, scores) for each internal user index."""
+        if not len(users):
+            return []
+        users = np.asarray(users, dtype=np.int64)
+        seen = [self.bundle.seen(int(u)) for u in users]
+        return self._ranked(self.bundle.user_emb[users], seen, k)
+
+    def similar(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k items whose embeddings have the largest inner product with `item`'s (itself excluded)."""
+        query = self.bundle.item_emb[[item]]
+        return self._ranked(query, [np.array([item], dtype=np.int64)], k)[0]
+
+    def popular(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k most trained-on items and their training counts (the cold-start fallback)."""
+        return self.popular_order[:k], self.popular_scores[:k]

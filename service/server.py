@@ -1,0 +1,63 @@
+"""Running the app under uvicorn (what `magnet serve` and `magnet quickstart` call)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from service.bundle import BundleError
+from service.logs import configure_logging
+from service.settings import Settings, load_settings, with_worker_defaults
+
+log = logging.getLogger(__name__)
+
+
+def resolve_settings(bundle: Path | str | None = None, **overrides: Any) -> Settings:
+    """Environment settings with explicit arguments (those not None) taking precedence."""
+    env = load_settings()
+    updates = {k: v for k, v in overrides.items() if v is not None}
+    if bundle is not None:
+        updates["bundle"] = Path(bundle)
+    unknown = set(updates) - set(Settings.model_fields)
+    if unknown:
+        raise TypeError(f"unknown serve settings: {sorted(unknown)}")
+    return load_settings(**{**env.model_dump(), **updates})
+
+
+def serve(bundle: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> None:
+    """Serves `bundle` (default: $MAGNET_BUNDLE) until interrupted.
+
+    Extra keyword arguments override MAGNET_* settings (e.g. ``workers=4``,
+    ``redis_url=...``). A missing bundle directory or manifest fails here with a
+    `BundleError` before the port is opened; full verification happens in the app,
+    which stays unready (503 on /readyz) if the bundle turns out to be bad.
+    """
+    import uvicorn
+
+    settings = resolve_settings(bundle, host=host, port=port, **kw)
+    if settings.bundle is None:
+        raise BundleError("no bundle to serve: pass --bundle or set MAGNET_BUNDLE")
+    if not (settings.bundle / "manifest.json").is_file():
+        raise BundleError(f"{settings.bundle}: not a bundle directory (no manifest.json); run `magnet export` first")
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    settings = with_worker_defaults(settings)
+    common = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
+              "timeout_graceful_shutdown": 10, "proxy_headers": True}
+    log.info("starting MAGNET serving", extra={
+        "bundle": str(settings.bundle), "host": settings.host, "port": settings.port, "workers": settings.workers,
+        "watch_s": settings.watch_s, "cache": "redis" if settings.redis_url else "local"})
+    if settings.workers > 1:
+        # Worker processes rebuild their settings from the environment: export ours.
+        for name, value in settings.model_dump().items():
+            if value is None:
+                continue
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            os.environ[f"MAGNET_{name.upper()}"] = str(value)
+        uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+    else:
+        from service.app import create_app
+
+        uvicorn.run(create_app(settings), **common)

@@ -1,0 +1,78 @@
+"""Service settings, read from the environment (prefix ``MAGNET_``) or passed in.
+
+The contract fixes MAGNET_BUNDLE, MAGNET_REDIS_URL, MAGNET_ADMIN_TOKEN and
+MAGNET_CACHE_TTL_S; the rest are operational knobs with safe defaults.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """A MAGNET_* setting with an invalid value; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Everything the app reads at start-up; one instance per app."""
+
+    model_config = SettingsConfigDict(env_prefix="MAGNET_", env_file=None, extra="ignore")
+
+    bundle: Path | None = Field(None, description="bundle directory to load at start-up; unset -> not ready")
+    redis_url: str | None = Field(None, description="redis://host:port/db; unset -> in-process LRU cache")
+    admin_token: SecretStr | None = Field(None, description="Bearer token for /admin/*; unset -> admin disabled")
+    cache_ttl_s: int = Field(3600, ge=1, description="lifetime of cached explanations and recommendations")
+    cache_max_items: int = Field(100_000, ge=1, description="entries kept by the in-process LRU cache")
+    cache_recommendations: bool = Field(True, description="also cache /recommend results (explanations always are)")
+    redis_timeout_s: float = Field(0.05, gt=0, description="socket connect/read timeout per Redis call")
+    redis_backoff_s: float = Field(1.0, gt=0, description="first pause before retrying Redis after an error")
+    redis_backoff_max_s: float = Field(30.0, gt=0, description="longest pause between Redis retries")
+    search_margin: int = Field(16, ge=0, description="extra candidates fetched so rescoring never loses the K-th item")
+    max_batch_users: int = Field(1000, ge=1, description="most user_ids one POST /recommend may carry")
+    faiss_threads: int = Field(
+        1, ge=1, description="OpenMP threads per FAISS search; 1 is fastest for single queries "
+        "(parallelism comes from concurrent requests and workers; more threads spin on busy CPUs)"
+    )
+    load_in_background: bool = Field(
+        True, description="start answering /healthz at once and load the bundle behind /readyz"
+    )
+    watch_s: float = Field(
+        0.0, ge=0, description="poll the bundle's manifest every N seconds and reload when its model_version "
+        "changes (0 = off); lets every worker of a multi-worker server pick up a re-export"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = Field(True, description="one JSON object per log line (false -> plain text)")
+    access_log: bool = Field(True, description="one log line per request with route, status and latency")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes (metrics are per process)")
+
+
+def load_settings(**values: object) -> Settings:
+    """Settings from the environment plus `values`; a bad value raises SettingsError naming it."""
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MAGNET_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def settings_from_env() -> Settings:
+    """The environment's settings, read once (for the uvicorn factory entry point)."""
+    return load_settings()
+
+
+def with_worker_defaults(settings: Settings) -> Settings:
+    """Several workers: turn on the manifest watcher (5 s) unless MAGNET_WATCH_S says otherwise,
+    since POST /admin/reload reaches only the worker that receives it."""
+    if settings.workers > 1 and settings.watch_s == 0:
+        return settings.model_copy(update={"watch_s": 5.0})
+    return settings
