@@ -342,6 +342,7 @@ def export_bundle(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; the API may run as another user than the exporter
     try:
         arrays = {
             "user_emb.npy": data["user_emb"],

@@ -1,0 +1,194 @@
+"""Training cost: seconds per epoch and peak memory of MAGNET and LightGCN as the
+number of interactions grows (synthetic, 10^4 to 10^6), and on ml100k.
+
+Each (model, size) runs in its own subprocess so peak RSS is that run's alone.
+The bar is a ratio measured in the same run: MAGNET s/epoch / LightGCN s/epoch.
+
+    python -m bench.training [--quick] [--json OUT] [--plot docs/bench_training.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("bench.training")
+ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml100k" / "mmrec"
+MODELS = ("lightgcn", "magnet")
+
+
+def synthetic_dataset(n_interactions: int, seed: int = 0):
+    """A planted-topic dataset of about n_interactions rows, generated in bulk
+    (the test generator loops per user and is too slow at 10^6)."""
+    from offline.dataset import Dataset
+
+    rng = np.random.default_rng(seed)
+    n_users = max(50, n_interactions // 25)
+    n_items = max(50, n_interactions // 40)
+    n_topics = 16
+    item_topic = rng.integers(0, n_topics, n_items)
+    popularity = (rng.permutation(n_items) + 1.0) ** -0.8
+    users = rng.integers(0, n_users, n_interactions)
+    user_topic = rng.integers(0, n_topics, n_users)
+    pools = [np.flatnonzero(item_topic == t) for t in range(n_topics)]
+    probs = [popularity[p] / popularity[p].sum() for p in pools]
+    items = np.empty(n_interactions, dtype=np.int64)
+    on_topic = rng.random(n_interactions) < 0.8
+    for t in range(n_topics):
+        rows = np.flatnonzero(on_topic & (user_topic[users] == t))
+        items[rows] = rng.choice(pools[t], size=len(rows), p=probs[t])
+    rest = np.flatnonzero(~on_topic)
+    items[rest] = rng.choice(n_items, size=len(rest), p=popularity / popularity.sum())
+    pairs = np.unique(np.stack([users, items], 1), axis=0)
+    feats = {
+        "text": (np.eye(n_topics)[item_topic] @ rng.normal(size=(n_topics, 64)) + rng.normal(scale=0.5, size=(n_items, 64))).astype(np.float32),
+        "image": rng.normal(size=(n_items, 128)).astype(np.float32),
+    }
+    holdout = rng.random(len(pairs)) < 0.1
+    return Dataset(
+        name=f"synthetic-{n_interactions}",
+        n_users=n_users,
+        n_items=n_items,
+        train=pairs[~holdout],
+        valid=pairs[holdout][:1000],
+        test=pairs[holdout][1000:2000],
+        features=feats,
+        user_ids=[str(u) for u in range(n_users)],
+        item_ids=[str(i) for i in range(n_items)],
+    )
+
+
+def measure_one(model_name: str, size: str, epochs: int) -> dict:
+    """Times `epochs` training epochs (after one warm-up epoch) in this process."""
+    import torch
+
+    from model import build
+    from offline.config import load_config
+    from offline.dataset import load_dataset
+    from offline.train import DistInfo, NegativeSampler, _LossModule, _train_epoch, seed_everything
+
+    ds = load_dataset(ML100K) if size == "ml100k" else synthetic_dataset(int(size))
+    cfg = load_config(None, [], model=model_name, progress=False)
+    seed_everything(0)
+    t0 = time.perf_counter()
+    model = build(model_name, ds.n_users, ds.n_items, ds.train, ds.features, cfg.model_section())
+    setup_s = time.perf_counter() - t0
+    wrapped = _LossModule(model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate())
+    sampler = NegativeSampler(ds.train, ds.n_items, seed=0)
+    device = torch.device("cpu")
+    _train_epoch(wrapped, opt, ds, sampler, cfg, 0, device, DistInfo())
+    model.epoch_end(0)
+    times = []
+    for epoch in range(1, epochs + 1):
+        t = time.perf_counter()
+        _train_epoch(wrapped, opt, ds, sampler, cfg, epoch, device, DistInfo())
+        model.epoch_end(epoch)
+        times.append(time.perf_counter() - t)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "model": model_name,
+        "size": size,
+        "n_train": int(len(ds.train)),
+        "n_users": ds.n_users,
+        "n_items": ds.n_items,
+        "setup_s": setup_s,
+        "s_per_epoch": float(np.median(times)),
+        "peak_rss_mb": peak_mb,
+    }
+
+
+def run_all(sizes: list[str], epochs: int) -> list[dict]:
+    rows = []
+    for size in sizes:
+        for model_name in MODELS:
+            cmd = [sys.executable, "-m", "bench.training", "--one", model_name, size, "--epochs", str(epochs)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                log.error("%s at %s failed: %s", model_name, size, proc.stderr.strip().splitlines()[-1:])
+                continue
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            log.info("%-8s %-8s %.3f s/epoch, peak %.0f MB", model_name, size, row["s_per_epoch"], row["peak_rss_mb"])
+            rows.append(row)
+    return rows
+
+
+def ratios(rows: list[dict]) -> dict[str, float]:
+    by = {(r["model"], r["size"]): r for r in rows}
+    return {
+        size: by[("magnet", size)]["s_per_epoch"] / by[("lightgcn", size)]["s_per_epoch"]
+        for (_, size) in by
+        if ("magnet", size) in by and ("lightgcn", size) in by
+    }
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for model_name in MODELS:
+        pts = sorted((r["n_train"], r["s_per_epoch"], r["peak_rss_mb"]) for r in rows if r["model"] == model_name and r["size"] != "ml100k")
+        if pts:
+            axes[0].loglog([p[0] for p in pts], [p[1] for p in pts], "o-", label=model_name)
+            axes[1].semilogx([p[0] for p in pts], [p[2] for p in pts], "o-", label=model_name)
+    axes[0].set(title="seconds per epoch", xlabel="training interactions")
+    axes[1].set(title="peak RSS (MB)", xlabel="training interactions")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10^4 and 10^5 only, one timed epoch (< 2 minutes)")
+    parser.add_argument("--json", type=Path, help="write results as JSON")
+    parser.add_argument("--plot", type=Path, help="write a PNG plot")
+    parser.add_argument("--epochs", type=int, default=None, help="timed epochs per run")
+    parser.add_argument("--one", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure_one(args.one[0], args.one[1], args.epochs or 2)))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sizes = ["10000", "100000"] if args.quick else ["10000", "100000", "1000000"]
+    if ML100K.exists():
+        sizes.append("ml100k")
+    else:
+        log.warning("%s not found: skipping the ml100k row (it needs ../shared beside the repo)", ML100K)
+    epochs = args.epochs or (1 if args.quick else 3)
+    started = time.time()
+    rows = run_all(sizes, epochs)
+    result = {
+        "benchmark": "training",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "cpus": __import__("os").cpu_count(),
+        "epochs_timed": epochs,
+        "rows": rows,
+        "magnet_over_lightgcn": ratios(rows),
+        "wall_s": time.time() - started,
+    }
+    print(f"{'model':9s} {'size':>8s} {'train rows':>10s} {'s/epoch':>8s} {'peak MB':>8s}")
+    for r in rows:
+        print(f"{r['model']:9s} {r['size']:>8s} {r['n_train']:>10d} {r['s_per_epoch']:>8.3f} {r['peak_rss_mb']:>8.0f}")
+    for size, ratio in result["magnet_over_lightgcn"].items():
+        print(f"MAGNET / LightGCN s/epoch at {size}: {ratio:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    if args.plot:
+        plot(rows, args.plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""LightGCN (He et al., SIGIR 2020): ID embeddings propagated over the normalized
+user-item graph, final embedding = mean over layers (layer 0 included)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.base import Recommender, bpr_loss, emb_norm_reg
+from model.graph import layer_mean_propagate, normalized_bipartite
+
+
+class LightGCNConfig(BaseModel):
+    """Defaults beat MMRec's one-layer grid point on ml100k (see docs/benchmarks.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = Field(64, ge=1)
+    n_layers: int = Field(2, ge=0)
+    reg_weight: float = Field(1e-2, ge=0, description="MMRec EmbLoss weight on the batch's layer-0 embeddings")
+    lr: float = Field(1e-3, gt=0)
+
+
+class LightGCN(Recommender):
+    experts: list[dict] = []
+
+    def __init__(self, n_users: int, n_items: int, train_edges: np.ndarray, cfg: LightGCNConfig) -> None:
+        super().__init__()
+        self.n_users, self.n_items, self.cfg = n_users, n_items, cfg
+        self.user_emb = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(n_users, cfg.dim)))
+        self.item_emb = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(n_items, cfg.dim)))
+        self.register_buffer("adj", normalized_bipartite(train_edges, n_users, n_items), persistent=False)
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer-mean LightGCN embeddings of all users and items."""
+        out = layer_mean_propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.cfg.n_layers)
+        return out[: self.n_users], out[self.n_users :]
+
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        u_all, i_all = self.propagate()
+        u, p, n = u_all[users], i_all[pos], i_all[neg]
+        bpr = bpr_loss((u * p).sum(1), (u * n).sum(1))
+        reg = emb_norm_reg(self.user_emb[users], self.item_emb[pos], self.item_emb[neg])
+        return bpr + self.cfg.reg_weight * reg, {"bpr": float(bpr.detach())}
+
+    @torch.no_grad()
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.propagate()

@@ -1,0 +1,99 @@
+"""Representation level of MAGNET: the two graph views of the ID embeddings, their
+gated fusion into the collaborative representation c, and the per-modality content
+representations p^m for items and users."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def layer_mean(x: Tensor, step, n_layers: int) -> Tensor:
+    """Mean of x, step(x), step(step(x)), ... (n_layers + 1 terms, layer 0 included)."""
+    total = x
+    for _ in range(n_layers):
+        x = step(x)
+        total = total + x
+    return total / (n_layers + 1)
+
+
+class InteractionView(nn.Module):
+    """LightGCN over the normalized user-item graph: h = mean_l A^l E."""
+
+    def __init__(self, n_layers: int) -> None:
+        super().__init__()
+        self.n_layers = n_layers
+
+    def forward(self, x: Tensor, adj: Tensor) -> Tensor:
+        return layer_mean(x, lambda z: torch.sparse.mm(adj, z), self.n_layers)
+
+
+class AugmentedView(nn.Module):
+    """The same ID embeddings over [[0, R], [R^T, lambda * S]], S = sum_m softmax(a)_m S^m.
+
+    `bipartite` and `parts` come from `graphs.augmented_parts`: the fixed bipartite
+    block over all nodes and one fixed item-item block per modality. Each layer
+    propagates through every part and mixes the item-item results with softmax(a),
+    which is the augmented matrix times x, differentiable in a.
+    """
+
+    def __init__(self, n_layers: int, n_modalities: int) -> None:
+        super().__init__()
+        self.n_layers = n_layers
+        self.mix_logits = nn.Parameter(torch.zeros(n_modalities))
+
+    def mixture(self) -> Tensor:
+        """softmax(a): each modality's share of the content edges."""
+        return torch.softmax(self.mix_logits, dim=0)
+
+    def forward(self, x: Tensor, bipartite: Tensor, parts: list[Tensor], n_users: int) -> Tensor:
+        weights = self.mixture()
+
+        def step(z: Tensor) -> Tensor:
+            out = torch.sparse.mm(bipartite, z)
+            items = z[n_users:]
+            content = sum(w * torch.sparse.mm(s, items) for w, s in zip(weights, parts))
+            pad = content.new_zeros(n_users, z.shape[1])
+            return out + torch.cat([pad, content], dim=0)
+
+        return layer_mean(x, step, self.n_layers)
+
+
+class GatedFusion(nn.Module):
+    """c = h + sigmoid(w) * h' with a per-dimension gate w (starts at 0.5)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, h: Tensor, h_aug: Tensor) -> Tensor:
+        return h + torch.sigmoid(self.gate) * h_aug
+
+
+class ModalityEncoder(nn.Module):
+    """p^m = smoothing over S^m of MLP_m(x^m) for items; users take the mean of
+    their training items' p^m. Raw features are frozen and standardized per column
+    so any width and scale works."""
+
+    def __init__(self, features: dict[str, Tensor], dim: int, hidden: int, n_layers: int) -> None:
+        super().__init__()
+        self.names = sorted(features)
+        self.n_layers = n_layers
+        for name in self.names:
+            x = features[name].float()
+            x = (x - x.mean(0)) / x.std(0, unbiased=False).clamp(min=1e-6)
+            self.register_buffer(f"feat_{name}", x, persistent=False)
+        self.mlps = nn.ModuleDict(
+            {name: nn.Sequential(nn.Linear(features[name].shape[1], hidden), nn.GELU(), nn.Linear(hidden, dim))
+             for name in self.names}
+        )
+
+    def forward(self, knn: list[Tensor], user_mean: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Returns ([p_u^m for m], [p_i^m for m]) in sorted modality order."""
+        users, items = [], []
+        for name, s in zip(self.names, knn):
+            p = self.mlps[name](getattr(self, f"feat_{name}"))
+            p = layer_mean(p, lambda z, s=s: torch.sparse.mm(s, z), self.n_layers)
+            items.append(p)
+            users.append(torch.sparse.mm(user_mean, p))
+        return users, items

@@ -1,0 +1,108 @@
+"""The graphs MAGNET propagates over: the normalized user-item graph, frozen
+per-modality item-item kNN graphs, and the content-augmented block graph.
+
+The augmented graph [[0, R], [R^T, lambda * S]] with S = sum_m softmax(a)_m S^m is
+normalized by the degrees D_R + lambda (per item): each S^m is symmetric-normalized
+with spectral radius 1, so D - A stays positive semi-definite and propagation never
+blows up. Because those degrees do not depend on a, the normalized matrix splits into
+one fixed sparse bipartite part plus lambda-scaled fixed S^m parts; propagation runs
+each part separately and mixes the S^m results with softmax(a). That keeps the
+mixture differentiable without rebuilding a sparse matrix per step.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from model.graph import bipartite_edge_index, sym_normalize
+
+
+def _to_csr(coo: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # CSR is "beta" in torch but stable for sparse.mm
+        warnings.simplefilter("ignore", UserWarning)
+        return coo.coalesce().to_sparse_csr()
+
+
+def knn_edges(features: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    """Undirected edge_index of the top-k cosine neighbours of every row (self
+    excluded), computed in row chunks so large catalogues never build I x I."""
+    n = features.shape[0]
+    k = min(k, n - 1)
+    if k <= 0:
+        return torch.empty(2, 0, dtype=torch.long)
+    x = torch.nn.functional.normalize(features.float(), dim=1)
+    cols = []
+    for start in range(0, n, chunk):
+        sim = x[start : start + chunk] @ x.T
+        rows = torch.arange(start, min(start + chunk, n))
+        sim[rows - start, rows] = -float("inf")
+        cols.append(sim.topk(k, dim=1).indices)
+    dst = torch.cat(cols).reshape(-1)
+    src = torch.arange(n).repeat_interleave(k)
+    edges = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], dim=1)
+    return torch.unique(edges, dim=1)
+
+
+def knn_graph(features: torch.Tensor, k: int) -> torch.Tensor:
+    """S^m: symmetric-normalized top-k cosine kNN graph, a sparse CSR [I, I]."""
+    return sym_normalize(knn_edges(features, k), features.shape[0])
+
+
+def augmented_parts(
+    train_edges: np.ndarray,
+    n_users: int,
+    n_items: int,
+    knn: list[torch.Tensor],
+    content_weight: float,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Fixed pieces of the normalized augmented graph.
+
+    Returns the bipartite part over users+items (item degrees raised by lambda) and,
+    per modality, lambda * D^-1/2 S^m D^-1/2 over items only."""
+    edge_index = bipartite_edge_index(train_edges, n_users)
+    n = n_users + n_items
+    deg = torch.zeros(n).scatter_add_(0, edge_index[0], torch.ones(edge_index.shape[1]))
+    deg[n_users:] += content_weight
+    inv_sqrt = deg.pow(-0.5)
+    inv_sqrt[torch.isinf(inv_sqrt)] = 0.0
+    values = inv_sqrt[edge_index[0]] * inv_sqrt[edge_index[1]]
+    bipartite = _to_csr(torch.sparse_coo_tensor(edge_index, values, (n, n)))
+    item_scale = inv_sqrt[n_users:]
+    parts = []
+    for s in knn:
+        coo = s.to_sparse_coo().coalesce()
+        (r, c), v = coo.indices(), coo.values()
+        scaled = content_weight * item_scale[r] * v * item_scale[c]
+        parts.append(_to_csr(torch.sparse_coo_tensor(torch.stack([r, c]), scaled, (n_items, n_items))))
+    return bipartite, parts
+
+
+def user_mean_operator(train_edges: np.ndarray, n_users: int, n_items: int) -> torch.Tensor:
+    """Row-normalized R (sparse CSR [U, I]): R_mean @ P is each user's mean over
+    their training items' rows of P."""
+    pairs = np.unique(np.asarray(train_edges, dtype=np.int64), axis=0)
+    users = torch.as_tensor(pairs[:, 0])
+    items = torch.as_tensor(pairs[:, 1])
+    counts = torch.bincount(users, minlength=n_users).float().clamp(min=1)
+    values = 1.0 / counts[users]
+    return _to_csr(torch.sparse_coo_tensor(torch.stack([users, items]), values, (n_users, n_items)))
+
+
+def degree_sensitive_prune(
+    train_edges: np.ndarray, n_users: int, n_items: int, drop: float, generator: torch.Generator
+) -> np.ndarray:
+    """Keeps (1 - drop) of the unique user-item pairs, sampled without replacement
+    with probability proportional to 1/sqrt(d_u d_i) (FREEDOM's degree-sensitive
+    pruning): edges between hubs are the redundant ones, tail edges survive."""
+    pairs = np.unique(np.asarray(train_edges, dtype=np.int64), axis=0)
+    if drop <= 0 or len(pairs) == 0:
+        return pairs
+    du = np.bincount(pairs[:, 0], minlength=n_users)[pairs[:, 0]]
+    di = np.bincount(pairs[:, 1], minlength=n_items)[pairs[:, 1]]
+    weight = torch.as_tensor(1.0 / np.sqrt(du * di), dtype=torch.float)
+    keep = max(1, int(round(len(pairs) * (1.0 - drop))))
+    chosen = torch.multinomial(weight, keep, replacement=False, generator=generator).numpy()
+    return pairs[np.sort(chosen)]

@@ -1,0 +1,217 @@
+"""MAGNET: dual-view graph encoders -> modality-role experts -> interaction-
+conditioned sparse routing, trained with BPR and the entropy-triggered routing
+regularizer. Scores are e_u . e_i with e = c + sum_e g_e x_e, so every score splits
+exactly into a collaborative part and one contribution per expert."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model.base import Recommender, bpr_loss, emb_norm_reg
+from model.graph import normalized_bipartite
+from model.magnet.config import MagnetConfig
+from model.magnet.encoders import AugmentedView, GatedFusion, InteractionView, ModalityEncoder
+from model.magnet.experts import ModalityExperts
+from model.magnet.graphs import augmented_parts, degree_sensitive_prune, knn_graph, user_mean_operator
+from model.magnet.regularizer import RoutingMonitor, RoutingRegularizer, coverage_entropy, sample_entropy
+from model.magnet.router import TopKRouter
+
+log = logging.getLogger(__name__)
+
+
+class MAGNET(Recommender):
+    """Modality-guided mixture of graph experts (see shared/MAGNET.md)."""
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        train_edges: np.ndarray,
+        features: dict[str, np.ndarray],
+        cfg: MagnetConfig | None = None,
+    ) -> None:
+        super().__init__()
+        cfg = cfg or MagnetConfig()
+        if not features:
+            raise ValueError("MAGNET needs at least one item feature modality")
+        for name, x in features.items():
+            if x.ndim != 2 or x.shape[0] != n_items:
+                raise ValueError(f"features[{name!r}] has shape {x.shape}, expected [{n_items}, d]")
+        self.n_users, self.n_items, self.cfg = n_users, n_items, cfg
+        self.modalities = sorted(features)
+        self.train_edges = np.unique(np.asarray(train_edges, dtype=np.int64).reshape(-1, 2), axis=0)
+        feats = {m: torch.as_tensor(np.asarray(features[m]), dtype=torch.float32) for m in self.modalities}
+
+        # ID embeddings (MMRec/LightGCN: xavier)
+        self.user_emb = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(n_users, cfg.dim)))
+        self.item_emb = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(n_items, cfg.dim)))
+
+        # frozen graphs
+        self._knn_names = []
+        for m in self.modalities:
+            self._register_graph(f"knn_{m}", knn_graph(feats[m], cfg.knn_k))
+            self._knn_names.append(f"knn_{m}")
+        self._register_graph("user_mean", user_mean_operator(self.train_edges, n_users, n_items))
+        self._prune_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
+        self._set_graphs("full", self.train_edges)
+        self._resample_training_graph()
+
+        # encoders
+        self.interaction = InteractionView(cfg.n_layers)
+        self.augmented = AugmentedView(cfg.aug_layers, len(self.modalities)) if cfg.content_edges else None
+        self.fusion = GatedFusion(cfg.dim) if cfg.content_edges else None
+        self.modal = ModalityEncoder(feats, cfg.dim, cfg.expert_hidden, cfg.modality_layers)
+
+        # experts, routers, regularizer
+        if cfg.experts:
+            self.expert_bank: ModalityExperts | None = ModalityExperts(self.modalities, cfg.dim, cfg.expert_hidden)
+            n_e = self.expert_bank.n_experts
+            self.item_router: TopKRouter | None = TopKRouter(cfg.dim, n_e, cfg.top_k, cfg.temperature, cfg.router_noise)
+            self.user_router: TopKRouter | None = TopKRouter(cfg.dim, n_e, cfg.top_k, cfg.temperature, cfg.router_noise)
+            self.experts = [dict(s) for s in self.expert_bank.specs]
+        else:
+            self.expert_bank = self.item_router = self.user_router = None
+            self.experts = []
+        self.monitor = RoutingMonitor(cfg.entropy_threshold, cfg.trigger_window, cfg.ramp_epochs, cfg.one_stage)
+        self.regularizer = RoutingRegularizer(self.monitor, cfg.lambda_cov)
+
+    # ------------------------------------------------------------------ graphs
+
+    def _register_graph(self, name: str, adj: Tensor) -> None:
+        self.register_buffer(name, adj, persistent=False)
+
+    def _set_graphs(self, prefix: str, edges: np.ndarray) -> None:
+        """Normalized bipartite graph and augmented-graph parts for `edges`."""
+        device = self.user_emb.device
+        self._register_graph(f"{prefix}_adj", normalized_bipartite(edges, self.n_users, self.n_items).to(device))
+        if self.cfg.content_edges:
+            knn = [getattr(self, n).cpu() for n in self._knn_names]
+            bip, parts = augmented_parts(edges, self.n_users, self.n_items, knn, self.cfg.content_weight)
+            self._register_graph(f"{prefix}_aug_bip", bip.to(device))
+            for m, part in zip(self.modalities, parts):
+                self._register_graph(f"{prefix}_aug_{m}", part.to(device))
+
+    def _resample_training_graph(self) -> None:
+        """Degree-sensitive edge pruning: a fresh pruned graph for each epoch."""
+        if self.cfg.edge_dropout > 0:
+            edges = degree_sensitive_prune(
+                self.train_edges, self.n_users, self.n_items, self.cfg.edge_dropout, self._prune_gen
+            )
+            self._set_graphs("train", edges)
+
+    def _graphs(self, train: bool) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+        prefix = "train" if train and self.cfg.edge_dropout > 0 else "full"
+        adj = getattr(self, f"{prefix}_adj")
+        if not self.cfg.content_edges:
+            return adj, None, []
+        return adj, getattr(self, f"{prefix}_aug_bip"), [getattr(self, f"{prefix}_aug_{m}") for m in self.modalities]
+
+    # ------------------------------------------------------------------ forward
+
+    def collaborative(self, train: bool = False) -> tuple[Tensor, Tensor]:
+        """c_u, c_i: the interaction view fused with the content-augmented view."""
+        adj, bip, parts = self._graphs(train)
+        x = torch.cat([self.user_emb, self.item_emb], dim=0)
+        c = self.interaction(x, adj)
+        if self.augmented is not None and self.fusion is not None:
+            c = self.fusion(c, self.augmented(x, bip, parts, self.n_users))
+        return c[: self.n_users], c[self.n_users :]
+
+    def modality_reps(self) -> tuple[list[Tensor], list[Tensor]]:
+        """([p_u^m], [p_i^m]) for all users and items."""
+        return self.modal([getattr(self, n) for n in self._knn_names], self.user_mean)
+
+    def mix(self, c: Tensor, p: list[Tensor], router: TopKRouter | None, noise: bool) -> dict[str, Tensor]:
+        """e = c + sum_e g_e x_e for a set of rows (plain fusion c + mean p without experts)."""
+        if self.expert_bank is None or router is None:
+            e = c + torch.stack(p).mean(0)
+            empty = c.new_zeros(c.shape[0], 0)
+            return {"emb": e, "base": e, "gates": empty, "q": empty, "experts": c.new_zeros(c.shape[0], 0, c.shape[1])}
+        x = self.expert_bank(c, p)
+        g, q = router(c, noise=noise)
+        e = c + (g.unsqueeze(-1) * x).sum(1)
+        return {"emb": e, "base": c, "gates": g, "q": q, "experts": x}
+
+    def _all(self, train: bool = False) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        c_u, c_i = self.collaborative(train)
+        p_u, p_i = self.modality_reps()
+        users = self.mix(c_u, p_u, self.user_router, noise=train)
+        items = self.mix(c_i, p_i, self.item_router, noise=train)
+        return users, items
+
+    # ------------------------------------------------------------------ training
+
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, dict[str, float]]:
+        c_u, c_i = self.collaborative(train=self.training)
+        p_u, p_i = self.modality_reps()
+        items = torch.cat([pos, neg])
+        u = self.mix(c_u[users], [p[users] for p in p_u], self.user_router, noise=self.training)
+        it = self.mix(c_i[items], [p[items] for p in p_i], self.item_router, noise=self.training)
+        e_pos, e_neg = it["emb"].split(len(pos))
+        bpr = bpr_loss((u["emb"] * e_pos).sum(1), (u["emb"] * e_neg).sum(1))
+        reg = emb_norm_reg(self.user_emb[users], self.item_emb[pos], self.item_emb[neg])
+        total = bpr + self.cfg.reg_weight * reg
+        logs = {"bpr": float(bpr.detach())}
+        if self.expert_bank is not None:
+            q_items, q_users = it["q"], u["q"]
+            with torch.no_grad():
+                cov, smp = float(coverage_entropy(q_items)), float(sample_entropy(q_items))
+            self.monitor.observe(cov, smp)
+            logs.update(coverage_entropy=cov, sample_entropy=smp)
+            if self.cfg.routing_reg and self.cfg.route_weight > 0:
+                route = 0.5 * (self.regularizer(q_items) + self.regularizer(q_users))
+                total = total + self.cfg.route_weight * route
+                logs["route"] = float(route.detach())
+        return total, logs
+
+    def epoch_end(self, epoch: int) -> dict:
+        """Closes the routing monitor's epoch, logs routing, prunes a new graph."""
+        self._resample_training_graph()
+        if self.expert_bank is None:
+            return {}
+        out = self.monitor.end_epoch(epoch)
+        out["expert_utilization"] = self.final_utilization()
+        if self.augmented is not None:
+            out["modality_mixture"] = [float(w) for w in self.augmented.mixture().detach().cpu()]
+        log.info(
+            "epoch %d stage %d H_cov %.3f H_item %.3f util %s switch %s",
+            epoch, out["stage"], out["coverage_entropy"], out["sample_entropy"],
+            [round(u, 3) for u in out["expert_utilization"]], out["stage_switch_epoch"],
+        )
+        return out
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def final_utilization(self) -> list[float] | None:
+        """Share of items whose top-1 expert is each expert (noise-free routing)."""
+        if self.expert_bank is None or self.item_router is None:
+            return None
+        _, c_i = self.collaborative(train=False)
+        g, _ = self.item_router(c_i, noise=False)
+        counts = torch.bincount(g.argmax(1), minlength=g.shape[1]).float()
+        return [float(v) for v in (counts / max(self.n_items, 1)).cpu()]
+
+    @torch.no_grad()
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        users, items = self._all(train=False)
+        return users["emb"], items["emb"]
+
+    @torch.no_grad()
+    def export_arrays(self) -> dict[str, np.ndarray]:
+        users, items = self._all(train=False)
+
+        def np32(t: Tensor) -> np.ndarray:
+            return t.detach().float().cpu().numpy()
+
+        return {
+            "user_emb": np32(users["emb"]),
+            "item_emb": np32(items["emb"]),
+            "item_base": np32(items["base"]),
+            "item_gates": np32(items["gates"]),
+            "item_experts": np32(items["experts"]),
+        }

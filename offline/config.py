@@ -1,0 +1,118 @@
+"""The one typed place for training settings: defaults, YAML files, --set overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from model import CONFIGS
+
+ModelName = Literal["magnet", "lightgcn", "popularity"]
+MODEL_NAMES: tuple[str, ...] = ("magnet", "lightgcn", "popularity")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message names it."""
+
+
+class TrainConfig(BaseModel):
+    """Everything `magnet train` needs besides the data. Model-specific settings live
+    in the nested section named after the model (``magnet.*``, ``lightgcn.*``)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: ModelName = "magnet"
+    epochs: int = Field(200, ge=0, description="upper bound on training epochs")
+    patience: int = Field(20, ge=1, description="evaluations without a better valid recall@20 before stopping")
+    batch_size: int = Field(2048, ge=1)
+    lr: float | None = Field(None, gt=0, description="Adam learning rate; None takes the model's default")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = Field(True, description="bf16 autocast when training on CUDA")
+    eval_every: int = Field(1, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    ks: list[int] = Field(default_factory=lambda: [10, 20])
+    tail_threshold: int = Field(10, ge=1, description="items with fewer training interactions count as long tail")
+    nproc: int = Field(1, ge=1, description="data-parallel processes (torch.distributed)")
+    progress: bool = True
+    lightgcn: CONFIGS["lightgcn"] = Field(default_factory=CONFIGS["lightgcn"])  # type: ignore[valid-type]
+    magnet: CONFIGS["magnet"] = Field(default_factory=CONFIGS["magnet"])  # type: ignore[valid-type]
+
+    @field_validator("ks")
+    @classmethod
+    def _ks_positive(cls, ks: list[int]) -> list[int]:
+        if not ks or min(ks) < 1:
+            raise ValueError("ks must be a non-empty list of positive integers")
+        if 20 not in ks:  # early stopping and the contract's metrics need @20
+            ks = sorted(set(ks) | {20})
+        return sorted(set(ks))
+
+    def model_section(self) -> BaseModel | None:
+        """The nested settings of the chosen model (None for popularity)."""
+        return getattr(self, self.model, None)
+
+    def learning_rate(self) -> float:
+        """Explicit lr, else the model section's own default."""
+        if self.lr is not None:
+            return self.lr
+        section = self.model_section()
+        return float(getattr(section, "lr", 1e-3))
+
+
+def _parse_value(raw: str) -> Any:
+    """`--set` values are YAML scalars/lists: 3 -> int, 1e-3 -> float, [a,b] -> list."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies ``key.sub=value`` strings onto a nested dict (copying as it goes)."""
+    out = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set has an empty key in {item!r}")
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
+            node = child
+        node[parts[-1]] = _parse_value(raw.strip())
+    return out
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None, **fields: Any) -> TrainConfig:
+    """Builds the config from defaults < YAML file < keyword fields < --set overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of settings")
+        data.update(loaded)
+    data.update({k: v for k, v in fields.items() if v is not None})
+    data = apply_overrides(data, overrides or [])
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """YAML of the fully resolved config, written into every run directory."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,401 @@
+"""The trainer behind `magnet train`: BPR with uniform negatives, full-ranking
+validation every epoch, early stopping on valid Recall@20, and a run directory
+that `magnet evaluate` and `magnet export` read.
+
+The run is written into a temporary sibling directory and renamed into place only
+when it is complete, so an interrupted run never looks finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from model import build as build_model
+from model.base import Recommender
+from model.popularity import Popularity
+from offline.config import TrainConfig, dump_config
+from offline.dataset import Dataset, load_dataset
+from offline.evaluate import embedding_scorer, evaluate, relevance_matrix
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or finish; the message says why."""
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same data, same metrics on the CPU."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+class NegativeSampler:
+    """Uniform negatives that are not in the user's training items."""
+
+    def __init__(self, train: np.ndarray, n_items: int, seed: int) -> None:
+        self.n_items = n_items
+        self.known = np.unique(train[:, 0].astype(np.int64) * n_items + train[:, 1])
+        self.rng = np.random.default_rng(seed)
+
+    def _seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = users.astype(np.int64) * self.n_items + items
+        pos = np.searchsorted(self.known, keys)
+        pos = np.minimum(pos, len(self.known) - 1)
+        return self.known[pos] == keys
+
+    def sample(self, users: np.ndarray) -> np.ndarray:
+        items = self.rng.integers(0, self.n_items, size=len(users))
+        for _ in range(100):  # a user who saw nearly every item just keeps the last draw
+            bad = np.flatnonzero(self._seen(users, items))
+            if len(bad) == 0:
+                break
+            items[bad] = self.rng.integers(0, self.n_items, size=len(bad))
+        return items
+
+
+@dataclass
+class History:
+    """Per-epoch logs; plotted into curves.png and summarised in metrics.json."""
+
+    epochs: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    valid_recall: list[float] = field(default_factory=list)
+    routing: list[dict[str, Any]] = field(default_factory=list)
+
+    def routing_block(self, final_utilization: list[float] | None) -> dict[str, Any] | None:
+        """The contract's metrics.json `routing` block (None for expert-less models)."""
+        if not self.routing or "coverage_entropy" not in self.routing[-1]:
+            return None
+        return {
+            "stage_switch_epoch": self.routing[-1].get("stage_switch_epoch"),
+            "expert_utilization": final_utilization or self.routing[-1].get("expert_utilization"),
+            "coverage_entropy": [float(r["coverage_entropy"]) for r in self.routing],
+            "sample_entropy": [float(r["sample_entropy"]) for r in self.routing],
+            "stage": [int(r.get("stage", 0)) for r in self.routing],
+            "utilization_per_epoch": [list(map(float, r["expert_utilization"])) for r in self.routing],
+        }
+
+
+# ------------------------------------------------------------------ distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _dist_info() -> DistInfo:
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size())
+    return DistInfo()
+
+
+class _LossModule(torch.nn.Module):
+    """Lets DistributedDataParallel wrap a Recommender: its forward is the loss."""
+
+    def __init__(self, model: Recommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor):  # noqa: D102
+        return self.model.loss(users, pos, neg)
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def split_metrics(
+    model: Recommender | Popularity,
+    ds: Dataset,
+    split: str,
+    cfg: TrainConfig,
+    device: torch.device,
+    item_mask: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Full-ranking metrics of the model's current embeddings on one split."""
+    user_emb, item_emb = model.embeddings()
+    pairs = getattr(ds, split)
+    relevant = relevance_matrix(pairs, ds.n_users, ds.n_items, item_mask=item_mask)
+    return evaluate(
+        embedding_scorer(user_emb.to(device).float(), item_emb.to(device).float()),
+        ds.train_matrix(),
+        relevant,
+        ks=cfg.ks,
+        batch_size=cfg.eval_batch_size,
+        device=device,
+    )
+
+
+def contract_metrics(m: dict[str, float]) -> dict[str, float]:
+    """Only the metric keys (drops bookkeeping such as n_users)."""
+    return {k: float(v) for k, v in m.items() if "@" in k}
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def _train_epoch(
+    wrapped: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ds: Dataset,
+    sampler: NegativeSampler,
+    cfg: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    info: DistInfo,
+) -> dict[str, float]:
+    """One pass over the training pairs; each rank takes its shard of every batch."""
+    wrapped.train()
+    perm = np.random.default_rng(cfg.seed * 100_003 + epoch).permutation(len(ds.train))
+    users_all = ds.train[perm, 0]
+    pos_all = ds.train[perm, 1]
+    neg_all = sampler.sample(users_all)  # same draw on every rank (same seed stream)
+    use_amp = device.type == "cuda" and cfg.mixed_precision
+    sums: dict[str, float] = {}
+    n_batches = 0
+    for start in range(0, len(perm), cfg.batch_size):
+        stop = min(start + cfg.batch_size, len(perm))
+        shard = slice(start + info.rank, stop, info.world_size)
+        users = torch.as_tensor(users_all[shard], device=device)
+        pos = torch.as_tensor(pos_all[shard], device=device)
+        neg = torch.as_tensor(neg_all[shard], device=device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss, logs = wrapped(users, pos, neg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n_batches += 1
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        for key, value in logs.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    return {k: v / max(n_batches, 1) for k, v in sums.items()}
+
+
+def _postfix(loss: float, recall: float, routing: dict[str, Any]) -> dict[str, str]:
+    out = {"loss": f"{loss:.4f}", "valid_R@20": f"{recall:.4f}"}
+    if "coverage_entropy" in routing:
+        out["H_cov"] = f"{routing['coverage_entropy']:.3f}"
+        out["H_item"] = f"{routing['sample_entropy']:.3f}"
+        out["stage"] = str(routing.get("stage"))
+    return out
+
+
+def fit(model: Recommender, ds: Dataset, cfg: TrainConfig, device: torch.device) -> tuple[dict, History, int, int]:
+    """Trains with early stopping; returns the best state dict, history, best epoch
+    and the number of epochs run. Under torch.distributed only rank 0 evaluates."""
+    info = _dist_info()
+    model.to(device)
+    wrapped: torch.nn.Module = _LossModule(model)
+    if info.world_size > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            wrapped,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate())
+    sampler = NegativeSampler(ds.train, ds.n_items, seed=cfg.seed)
+    history = History()
+    best_state = copy.deepcopy(model.state_dict())
+    best_recall, best_epoch, since_best, epochs_run = -1.0, 0, 0, 0
+    bar = tqdm(
+        range(1, cfg.epochs + 1), desc=f"train {cfg.model}", unit="epoch", disable=not (cfg.progress and info.is_main)
+    )
+    for epoch in bar:
+        logs = _train_epoch(wrapped, optimizer, ds, sampler, cfg, epoch, device, info)
+        routing = model.epoch_end(epoch) or {}
+        epochs_run = epoch
+        stop = torch.zeros(1)
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            if info.is_main:
+                model.eval()
+                recall = split_metrics(model, ds, "valid", cfg, device)["recall@20"]
+                history.epochs.append(epoch)
+                history.loss.append(logs.get("loss", float("nan")))
+                history.valid_recall.append(recall)
+                history.routing.append(routing)
+                if recall > best_recall:
+                    best_recall, best_epoch, since_best = recall, epoch, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    since_best += 1
+                bar.set_postfix(_postfix(logs.get("loss", float("nan")), recall, routing))
+                log.debug("epoch %d loss %.4f valid recall@20 %.4f %s", epoch, logs.get("loss", 0), recall, routing)
+                stop[0] = float(since_best >= cfg.patience)
+        if info.world_size > 1:
+            dist.broadcast(stop, src=0)
+        if stop.item():
+            break
+    bar.close()
+    return best_state, history, best_epoch, epochs_run
+
+
+# ------------------------------------------------------------------ run directory
+
+
+def _save_arrays(model: Recommender | Popularity, ds: Dataset, out: Path) -> None:
+    """RUN/arrays/: everything `magnet export` needs, without the dataset dir."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, array in model.export_arrays().items():
+        np.save(out / f"{name}.npy", np.ascontiguousarray(array, dtype=np.float32))
+    (out / "experts.json").write_text(json.dumps(list(model.experts)))
+    (out / "user_ids.json").write_text(json.dumps(list(ds.user_ids)))
+    (out / "item_ids.json").write_text(json.dumps(list(ds.item_ids)))
+    train = ds.train_matrix()
+    np.save(out / "train_indptr.npy", train.indptr.astype(np.int64))
+    np.save(out / "train_indices.npy", train.indices.astype(np.int64))
+
+
+def _tail_mask(ds: Dataset, threshold: int) -> np.ndarray:
+    counts = np.bincount(ds.train[:, 1], minlength=ds.n_items)
+    return counts < threshold
+
+
+def _final_metrics(
+    model: Recommender | Popularity, ds: Dataset, cfg: TrainConfig, device: torch.device
+) -> dict[str, Any]:
+    model.eval()
+    tail = _tail_mask(ds, cfg.tail_threshold)
+    test_tail = split_metrics(model, ds, "test", cfg, device, item_mask=tail)
+    return {
+        "valid": contract_metrics(split_metrics(model, ds, "valid", cfg, device)),
+        "test": contract_metrics(split_metrics(model, ds, "test", cfg, device)),
+        "test_tail": {
+            **contract_metrics(test_tail),
+            "n_users": test_tail["n_users"],
+            "n_items": int(tail.sum()),
+            "threshold": cfg.tail_threshold,
+        },
+    }
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    """A temporary sibling to write into; refuses to clobber a finished run."""
+    if out.exists() and not overwrite:
+        raise TrainError(f"run directory {out} already exists; choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; export may run as another user
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def train(
+    data_dir: Path,
+    out: Path,
+    cfg: TrainConfig,
+    *,
+    overwrite: bool = False,
+    dataset: Dataset | None = None,
+) -> dict[str, Any]:
+    """Trains one model and writes the run directory; returns metrics.json's dict."""
+    info = _dist_info()
+    ds = dataset if dataset is not None else load_dataset(data_dir)
+    device = resolve_device(cfg.device)
+    if info.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", info.rank % torch.cuda.device_count())
+    seed_everything(cfg.seed)
+    tmp = _prepare_out(out, overwrite) if info.is_main else None
+    try:
+        started = time.perf_counter()
+        if cfg.model == "popularity":
+            model: Recommender | Popularity = Popularity(ds.n_users, ds.n_items, ds.train)
+            history, best_epoch, epochs_run = History(), 0, 0
+        else:
+            model = build_model(cfg.model, ds.n_users, ds.n_items, ds.train, ds.features, cfg.model_section())
+            best_state, history, best_epoch, epochs_run = fit(model, ds, cfg, device)
+            model.load_state_dict(best_state)
+        train_seconds = time.perf_counter() - started
+        if not info.is_main:
+            return {}
+        model.to(device)
+        final = _final_metrics(model, ds, cfg, device)
+        metrics: dict[str, Any] = {
+            "model": cfg.model,
+            "dataset": ds.name,
+            "seed": cfg.seed,
+            "best_epoch": best_epoch,
+            **final,
+            "epochs_run": epochs_run,
+            "seconds_per_epoch": train_seconds / max(epochs_run, 1),
+            "train_seconds": train_seconds,
+            "device": device.type,
+            "world_size": info.world_size,
+        }
+        routing = history.routing_block(getattr(model, "final_utilization", lambda: None)())
+        if routing is not None:
+            metrics["routing"] = routing
+        assert tmp is not None
+        _write_run(tmp, model, ds, cfg, metrics, history, data_dir)
+        _publish(tmp, out)
+        return metrics
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_run(
+    tmp: Path,
+    model: Recommender | Popularity,
+    ds: Dataset,
+    cfg: TrainConfig,
+    metrics: dict[str, Any],
+    history: History,
+    data_dir: Path,
+) -> None:
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (tmp / "config.yaml").write_text(dump_config(cfg))
+    run_info = {
+        "data_dir": str(Path(data_dir).resolve()),
+        "dataset": ds.name,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (tmp / "run.json").write_text(json.dumps(run_info, indent=2))
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "best.pt")
+    _save_arrays(model, ds, tmp / "arrays")
+    if history.epochs:
+        from offline.plots import plot_curves
+
+        plot_curves(history, metrics.get("routing"), tmp / "curves.png", title=f"{cfg.model} on {ds.name}")

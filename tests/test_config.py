@@ -1,0 +1,51 @@
+"""TrainConfig: defaults < YAML < fields < --set, and clear errors naming the setting."""
+
+import pytest
+
+from offline.config import ConfigError, apply_overrides, load_config
+
+
+def test_set_overrides_are_typed_and_nested():
+    cfg = load_config(None, ["lr=5e-3", "epochs=7", "lightgcn.n_layers=3", "ks=[5,10]"], model="lightgcn")
+    assert cfg.lr == pytest.approx(5e-3)
+    assert cfg.epochs == 7
+    assert cfg.lightgcn.n_layers == 3
+    assert cfg.ks == [5, 10, 20]  # @20 is always evaluated: early stopping needs it
+    assert cfg.learning_rate() == pytest.approx(5e-3)
+
+
+def test_yaml_then_fields_then_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: lightgcn\nepochs: 3\nseed: 4\n")
+    cfg = load_config(path, ["seed=9"], epochs=5)
+    assert (cfg.model, cfg.epochs, cfg.seed) == ("lightgcn", 5, 9)
+
+
+def test_override_copies_instead_of_mutating():
+    base = {"magnet": {"a": 1}}
+    out = apply_overrides(base, ["magnet.b=2"])
+    assert base == {"magnet": {"a": 1}} and out == {"magnet": {"a": 1, "b": 2}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["no_such_setting=1"], "no_such_setting"),
+        (["epochs=-1"], "epochs"),
+        (["model=bpr"], "model"),
+        (["lightgcn.nope=1"], "lightgcn.nope"),
+        (["novalue"], "key=value"),
+    ],
+)
+def test_bad_settings_name_the_problem(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, overrides)
+
+
+def test_bad_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")

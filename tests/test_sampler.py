@@ -1,0 +1,25 @@
+"""Negative sampling never returns a user's training item and is seed-deterministic."""
+
+import numpy as np
+
+from offline.train import NegativeSampler
+
+
+def test_negatives_avoid_training_items():
+    rng = np.random.default_rng(0)
+    n_users, n_items = 30, 12
+    train = np.array([(u, i) for u in range(n_users) for i in rng.choice(n_items, 9, replace=False)])
+    seen = {(int(u), int(i)) for u, i in train}
+    users = np.repeat(np.arange(n_users), 50)
+    neg = NegativeSampler(train, n_items, seed=1).sample(users)
+    assert all((int(u), int(i)) not in seen for u, i in zip(users, neg))
+    assert set(neg.tolist()) == set(range(n_items))  # uniform over all items overall
+
+
+def test_same_seed_same_negatives():
+    train = np.array([[0, 0], [1, 1], [2, 2]])
+    users = np.array([0, 1, 2] * 20)
+    a = NegativeSampler(train, 50, seed=3).sample(users)
+    b = NegativeSampler(train, 50, seed=3).sample(users)
+    c = NegativeSampler(train, 50, seed=4).sample(users)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
