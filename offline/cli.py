@@ -82,6 +82,7 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
 
 
 def _csv_list(value: str | None) -> list[str]:
@@ -198,11 +199,14 @@ def evaluate(
 def export(
     run: Annotated[Path, typer.Option(help="run directory from `magnet train`")],
     out: Annotated[Path, typer.Option(help="bundle directory to write")],
+    exact_max_items: Annotated[
+        Optional[int], typer.Option(min=1, help="largest catalogue served by the exact index (default 10000); HNSW above")
+    ] = None,
 ) -> None:
     """Turn a run into a verified serving bundle (embeddings, routing, FAISS index)."""
-    from offline.export import export_bundle
+    from offline.export import EXACT_MAX_ITEMS, export_bundle
 
-    path = export_bundle(run, out)
+    path = export_bundle(run, out, exact_max_items=exact_max_items or EXACT_MAX_ITEMS)
     typer.echo(f"bundle written to {path}")
 
 

@@ -254,7 +254,12 @@ def fit(model: Recommender, ds: Dataset, cfg: TrainConfig, device: torch.device)
                 else:
                     since_best += 1
                 bar.set_postfix(_postfix(logs.get("loss", float("nan")), recall, routing))
-                log.debug("epoch %d loss %.4f valid recall@20 %.4f %s", epoch, logs.get("loss", 0), recall, routing)
+                log.log(
+                    logging.DEBUG if cfg.progress else logging.INFO,
+                    "epoch %d loss %.4f valid recall@20 %.4f best %.4f@%d %s",
+                    epoch, logs.get("loss", 0.0), recall, best_recall, best_epoch,
+                    {k: v for k, v in routing.items() if k in ("stage", "coverage_entropy", "sample_entropy")},
+                )
                 stop[0] = float(since_best >= cfg.patience)
         if info.world_size > 1:
             dist.broadcast(stop, src=0)
