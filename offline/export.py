@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from service.bundle import REQUIRED_FILES
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -43,20 +45,8 @@ ARRAY_FILES = (
 )
 JSON_FILES = ("experts.json", "user_ids.json", "item_ids.json")
 
-#: every file a bundle holds besides manifest.json (the loader requires all of them)
-BUNDLE_FILES = (
-    "user_emb.npy",
-    "item_emb.npy",
-    "item_base.npy",
-    "item_gates.npy",
-    "item_experts.npy",
-    "user_ids.json",
-    "item_ids.json",
-    "seen_indptr.npy",
-    "seen_indices.npy",
-    "popularity.npy",
-    "items.faiss",
-)
+#: every file a bundle holds besides manifest.json: the loader's list, so writer and reader agree
+BUNDLE_FILES = REQUIRED_FILES
 
 #: catalogue size up to which the exact IndexFlatIP is used; above it HNSW32 (efSearch 64)
 #: is >= 3x faster at top-10 and top-50 with recall@10 >= 0.96 (docs/benchmarks.md, retrieval)

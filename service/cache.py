@@ -36,6 +36,18 @@ def explain_key(model_version: str, user_id: str, item_id: str) -> str:
     return f"magnet:{model_version}:exp:{len(user_id)}:{user_id}:{item_id}"
 
 
+def _count(counters: dict, metrics: Metrics, backend: str, kind: str, values: Sequence[bytes | None]) -> None:
+    """Adds a lookup's hits and misses to the (backend, kind) counters, bound once per kind."""
+    pair = counters.get(kind)
+    if pair is None:
+        pair = counters[kind] = metrics.cache_counters(backend, kind)
+    hits = sum(v is not None for v in values)
+    if hits:
+        pair[0].inc(hits)
+    if hits < len(values):
+        pair[1].inc(len(values) - hits)
+
+
 class Cache(Protocol):
     """What the routers need from a cache backend."""
 
@@ -58,6 +70,7 @@ class LocalCache:
         self._max = max_items
         self._ttl = ttl_s
         self._metrics = metrics
+        self._counters: dict[str, tuple] = {}
 
     async def get_many(self, keys: Sequence[str], kind: str) -> list[bytes | None]:
         now = time.monotonic()
@@ -71,9 +84,7 @@ class LocalCache:
                 if entry is not None:
                     del self._data[key]
                 out.append(None)
-        hits = sum(v is not None for v in out)
-        self._metrics.cache_hits.labels(self.backend, kind).inc(hits)
-        self._metrics.cache_misses.labels(self.backend, kind).inc(len(out) - hits)
+        _count(self._counters, self._metrics, self.backend, kind, out)
         return out
 
     async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
@@ -116,6 +127,7 @@ class RedisCache:
         self._down_until = 0.0
         self._down = False
         self._metrics = metrics
+        self._counters: dict[str, tuple] = {}
         self._url = url
 
     def _available(self, op: str) -> bool:
@@ -148,31 +160,29 @@ class RedisCache:
             self._metrics.cache_misses.labels(self.backend, kind).inc(len(keys))
             return [None] * len(keys)
         try:
-            call = self._client.get(keys[0]) if len(keys) == 1 else self._client.mget(list(keys))
-            raw = await asyncio.wait_for(call, timeout=self._timeout * 4)
+            async with asyncio.timeout(self._timeout * 4):  # not wait_for: that wraps each call in a Task
+                raw = await (self._client.get(keys[0]) if len(keys) == 1 else self._client.mget(list(keys)))
         except Exception as exc:  # any client failure is a miss, never a 5xx
             self._failed("get", exc)
             self._metrics.cache_misses.labels(self.backend, kind).inc(len(keys))
             return [None] * len(keys)
         self._succeeded()
         values = [raw] if len(keys) == 1 else list(raw)
-        hits = sum(v is not None for v in values)
-        self._metrics.cache_hits.labels(self.backend, kind).inc(hits)
-        self._metrics.cache_misses.labels(self.backend, kind).inc(len(values) - hits)
+        _count(self._counters, self._metrics, self.backend, kind, values)
         return values
 
     async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
         if not items or not self._available("set"):
             return
         try:
-            if len(items) == 1:
-                call = self._client.set(items[0][0], items[0][1], ex=self._ttl)
-            else:
-                pipe = self._client.pipeline(transaction=False)
-                for key, value in items:
-                    pipe.set(key, value, ex=self._ttl)
-                call = pipe.execute()
-            await asyncio.wait_for(call, timeout=self._timeout * 4)
+            async with asyncio.timeout(self._timeout * 4):
+                if len(items) == 1:
+                    await self._client.set(items[0][0], items[0][1], ex=self._ttl)
+                else:
+                    pipe = self._client.pipeline(transaction=False)
+                    for key, value in items:
+                        pipe.set(key, value, ex=self._ttl)
+                    await pipe.execute()
         except Exception as exc:
             self._failed("set", exc)
             return

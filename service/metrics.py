@@ -7,6 +7,8 @@ path, so label cardinality stays bounded whatever ids clients send.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -53,10 +55,22 @@ class Metrics:
         for result in ("ok", "rejected"):
             self.reloads.labels(result)
         self.fallbacks.labels("popular")
+        # Labelled children resolved once and reused: .labels() takes a lock and
+        # builds a tuple of str on every call, a few us per request on the hot path.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:  # bounded: route templates x methods x statuses
+            children = self._request_children[key] = (self.requests.labels(method, route, str(status)),
+                                                       self.latency.labels(method, route))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def cache_counters(self, backend: str, kind: str) -> tuple[Any, Any]:
+        """(hits, misses) counters of one backend and kind, to keep and .inc() directly."""
+        return self.cache_hits.labels(backend, kind), self.cache_misses.labels(backend, kind)
 
     def set_model(self, model_version: str, model: str, index: str, loaded_at: float) -> None:
         self.model.info({"model_version": model_version, "model": model, "index": index})

