@@ -30,6 +30,10 @@ class MagnetConfig(BaseModel):
         "degree-sensitively (edges between high-degree nodes go first); 0 keeps all"
     )
     modality_layers: int = Field(1, ge=0, description="L_c: smoothing layers of p^m over S^m")
+    content_loss_weight: float = Field(
+        0.0, ge=0, description="weight of the auxiliary per-modality BPR on c_u . p_i^m (as FREEDOM does): "
+        "teaches p^m to carry preference so each dominant expert has its modality's signal to lead with"
+    )
 
     # experts and routing ------------------------------------------------------
     expert_hidden: int = Field(64, ge=1, description="hidden width of the expert template MLP")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from model.magnet.graphs import spmm
+
 
 def layer_mean(x: Tensor, step, n_layers: int) -> Tensor:
     """Mean of x, step(x), step(step(x)), ... (n_layers + 1 terms, layer 0 included)."""
@@ -25,7 +27,7 @@ class InteractionView(nn.Module):
         self.n_layers = n_layers
 
     def forward(self, x: Tensor, adj: Tensor) -> Tensor:
-        return layer_mean(x, lambda z: torch.sparse.mm(adj, z), self.n_layers)
+        return layer_mean(x, lambda z: spmm(adj, z), self.n_layers)
 
 
 class AugmentedView(nn.Module):
@@ -50,9 +52,9 @@ class AugmentedView(nn.Module):
         weights = self.mixture()
 
         def step(z: Tensor) -> Tensor:
-            out = torch.sparse.mm(bipartite, z)
+            out = spmm(bipartite, z)
             items = z[n_users:]
-            content = sum(w * torch.sparse.mm(s, items) for w, s in zip(weights, parts))
+            content = sum(w * spmm(s, items) for w, s in zip(weights, parts))
             pad = content.new_zeros(n_users, z.shape[1])
             return out + torch.cat([pad, content], dim=0)
 
@@ -88,12 +90,13 @@ class ModalityEncoder(nn.Module):
              for name in self.names}
         )
 
-    def forward(self, knn: list[Tensor], user_mean: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Returns ([p_u^m for m], [p_i^m for m]) in sorted modality order."""
+    def forward(self, knn: list[Tensor], user_mean: Tensor, user_mean_t: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Returns ([p_u^m for m], [p_i^m for m]) in sorted modality order; all graphs
+        are symmetric except `user_mean` (row-normalized R), given with its transpose."""
         users, items = [], []
         for name, s in zip(self.names, knn):
             p = self.mlps[name](getattr(self, f"feat_{name}"))
-            p = layer_mean(p, lambda z, s=s: torch.sparse.mm(s, z), self.n_layers)
+            p = layer_mean(p, lambda z, s=s: spmm(s, z), self.n_layers)
             items.append(p)
-            users.append(torch.sparse.mm(user_mean, p))
+            users.append(spmm(user_mean, p, user_mean_t))
         return users, items

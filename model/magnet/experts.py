@@ -5,6 +5,14 @@
 - complementary(a, b), one per modality pair: f([p^a * p^b ; p^a - p^b]), what
   two modalities add to each other where they agree or conflict.
 With a single modality there is no pair, hence no complementary expert.
+
+Each expert reports what its content adds *given* c: x = f(z(p, c)) - f(z(p_ref, c)),
+the same template evaluated once more with every p^m replaced by the average item's
+p^m. Measured on the planted world, a plain f([p^m ; c]) learns to copy and amplify
+c (every expert then scores like c alone, with about twice c's norm, and the router
+has nothing to choose between); the difference keeps c as the anchor that
+conditions how the content is read, through the hidden non-linearity, while an item
+whose content is average gets nothing from the expert.
 """
 
 from __future__ import annotations
@@ -16,14 +24,20 @@ from torch import Tensor, nn
 
 
 class ExpertMLP(nn.Module):
-    """The template f: in -> hidden -> d."""
+    """The template f: in -> hidden -> d, reported as f(z) - f(z_0).
+
+    The output layer is linear, so f(z) - f(z_0) = W2 (act(W1 z + b1) - act(W1 z_0 + b1)):
+    one output matmul on the difference of the two hidden states.
+    """
 
     def __init__(self, in_dim: int, hidden: int, dim: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.inp = nn.Linear(in_dim, hidden)
+        self.act = nn.GELU()
+        self.out = nn.Linear(hidden, dim, bias=False)  # a bias would cancel in the difference
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+    def forward(self, z: Tensor, z0: Tensor) -> Tensor:
+        return self.out(self.act(self.inp(z)) - self.act(self.inp(z0)))
 
 
 def expert_specs(modalities: list[str]) -> list[dict]:
@@ -51,9 +65,15 @@ class ModalityExperts(nn.Module):
     def n_experts(self) -> int:
         return len(self.specs)
 
-    def forward(self, c: Tensor, p: list[Tensor]) -> Tensor:
-        out = [f(torch.cat([pm, c], dim=1)) for f, pm in zip(self.dominant, p)]
-        out.append(self.balanced(torch.stack(p).mean(0) + c))
+    def forward(self, c: Tensor, p: list[Tensor], p_ref: list[Tensor]) -> Tensor:
+        """x [B, E, d] for rows c [B, d], p^m [B, d]; p_ref^m [d] is the reference content."""
+        ref = [r.expand_as(pm) for r, pm in zip(p_ref, p)]
+        out = [f(torch.cat([pm, c], 1), torch.cat([rm, c], 1)) for f, pm, rm in zip(self.dominant, p, ref)]
+        out.append(self.balanced(torch.stack(p).mean(0) + c, torch.stack(ref).mean(0) + c))
         for f, (a, b) in zip(self.complementary, self.pairs):
-            out.append(f(torch.cat([p[a] * p[b], p[a] - p[b]], dim=1)))
+            out.append(f(self._pair(p[a], p[b]), self._pair(ref[a], ref[b])))
         return torch.stack(out, dim=1)
+
+    @staticmethod
+    def _pair(pa: Tensor, pb: Tensor) -> Tensor:
+        return torch.cat([pa * pb, pa - pb], dim=1)

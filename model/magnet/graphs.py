@@ -20,6 +20,27 @@ import torch
 from model.graph import bipartite_edge_index, sym_normalize
 
 
+class _SparseMatmul(torch.autograd.Function):
+    """a @ x whose backward multiplies by a precomputed a^T (torch would re-sort
+    and transpose the CSR matrix on every backward, ~5x the forward's cost)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.a_t = a_t
+        return torch.sparse.mm(a, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        return None, None, torch.sparse.mm(ctx.a_t, grad)
+
+
+def spmm(a: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor | None = None) -> torch.Tensor:
+    """Sparse (CSR) a times dense x; pass a_t = a^T unless a is symmetric."""
+    if not x.requires_grad:
+        return torch.sparse.mm(a, x)
+    return _SparseMatmul.apply(a, a if a_t is None else a_t, x)
+
+
 def _to_csr(coo: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():  # CSR is "beta" in torch but stable for sparse.mm
         warnings.simplefilter("ignore", UserWarning)
@@ -69,14 +90,14 @@ def augmented_parts(
     inv_sqrt = deg.pow(-0.5)
     inv_sqrt[torch.isinf(inv_sqrt)] = 0.0
     values = inv_sqrt[edge_index[0]] * inv_sqrt[edge_index[1]]
-    bipartite = _to_csr(torch.sparse_coo_tensor(edge_index, values, (n, n)))
+    bipartite = _to_csr(torch.sparse_coo_tensor(edge_index, values, (n, n), check_invariants=False))
     item_scale = inv_sqrt[n_users:]
     parts = []
     for s in knn:
         coo = s.to_sparse_coo().coalesce()
         (r, c), v = coo.indices(), coo.values()
         scaled = content_weight * item_scale[r] * v * item_scale[c]
-        parts.append(_to_csr(torch.sparse_coo_tensor(torch.stack([r, c]), scaled, (n_items, n_items))))
+        parts.append(_to_csr(torch.sparse_coo_tensor(torch.stack([r, c]), scaled, (n_items, n_items), check_invariants=False)))
     return bipartite, parts
 
 
@@ -88,7 +109,12 @@ def user_mean_operator(train_edges: np.ndarray, n_users: int, n_items: int) -> t
     items = torch.as_tensor(pairs[:, 1])
     counts = torch.bincount(users, minlength=n_users).float().clamp(min=1)
     values = 1.0 / counts[users]
-    return _to_csr(torch.sparse_coo_tensor(torch.stack([users, items]), values, (n_users, n_items)))
+    return _to_csr(torch.sparse_coo_tensor(torch.stack([users, items]), values, (n_users, n_items), check_invariants=False))
+
+
+def transpose_csr(a: torch.Tensor) -> torch.Tensor:
+    """a^T as CSR, computed once (for `spmm`'s backward)."""
+    return _to_csr(a.to_sparse_coo().t())
 
 
 def degree_sensitive_prune(

@@ -16,7 +16,13 @@ from model.graph import normalized_bipartite
 from model.magnet.config import MagnetConfig
 from model.magnet.encoders import AugmentedView, GatedFusion, InteractionView, ModalityEncoder
 from model.magnet.experts import ModalityExperts
-from model.magnet.graphs import augmented_parts, degree_sensitive_prune, knn_graph, user_mean_operator
+from model.magnet.graphs import (
+    augmented_parts,
+    degree_sensitive_prune,
+    knn_graph,
+    transpose_csr,
+    user_mean_operator,
+)
 from model.magnet.regularizer import RoutingMonitor, RoutingRegularizer, coverage_entropy, sample_entropy
 from model.magnet.router import TopKRouter
 
@@ -55,7 +61,9 @@ class MAGNET(Recommender):
         for m in self.modalities:
             self._register_graph(f"knn_{m}", knn_graph(feats[m], cfg.knn_k))
             self._knn_names.append(f"knn_{m}")
-        self._register_graph("user_mean", user_mean_operator(self.train_edges, n_users, n_items))
+        user_mean = user_mean_operator(self.train_edges, n_users, n_items)
+        self._register_graph("user_mean", user_mean)
+        self._register_graph("user_mean_t", transpose_csr(user_mean))
         self._prune_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
         self._set_graphs("full", self.train_edges)
         self._resample_training_graph()
@@ -123,39 +131,54 @@ class MAGNET(Recommender):
 
     def modality_reps(self) -> tuple[list[Tensor], list[Tensor]]:
         """([p_u^m], [p_i^m]) for all users and items."""
-        return self.modal([getattr(self, n) for n in self._knn_names], self.user_mean)
+        return self.modal([getattr(self, n) for n in self._knn_names], self.user_mean, self.user_mean_t)
 
-    def mix(self, c: Tensor, p: list[Tensor], router: TopKRouter | None, noise: bool) -> dict[str, Tensor]:
-        """e = c + sum_e g_e x_e for a set of rows (plain fusion c + mean p without experts)."""
+    def mix(
+        self, c: Tensor, p: list[Tensor], p_ref: list[Tensor], router: TopKRouter | None, noise: bool
+    ) -> dict[str, Tensor]:
+        """e = c + sum_e g_e x_e for a set of rows (plain fusion c + mean p without experts);
+        p_ref holds the average item's p^m, the experts' reference content."""
         if self.expert_bank is None or router is None:
             e = c + torch.stack(p).mean(0)
             empty = c.new_zeros(c.shape[0], 0)
             return {"emb": e, "base": e, "gates": empty, "q": empty, "experts": c.new_zeros(c.shape[0], 0, c.shape[1])}
-        x = self.expert_bank(c, p)
+        x = self.expert_bank(c, p, p_ref)
         g, q = router(c, noise=noise)
         e = c + (g.unsqueeze(-1) * x).sum(1)
         return {"emb": e, "base": c, "gates": g, "q": q, "experts": x}
 
-    def _all(self, train: bool = False) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def forward_all(self, train: bool = False) -> dict:
+        """Every user's and item's representation; `train` selects the pruned graph
+        and router noise. Returns c_u, p_i (list) and the users'/items' `mix` dicts."""
         c_u, c_i = self.collaborative(train)
         p_u, p_i = self.modality_reps()
-        users = self.mix(c_u, p_u, self.user_router, noise=train)
-        items = self.mix(c_i, p_i, self.item_router, noise=train)
-        return users, items
+        ref = [p.mean(0) for p in p_i]
+        return {
+            "c_u": c_u,
+            "p_i": p_i,
+            "users": self.mix(c_u, p_u, ref, self.user_router, noise=train),
+            "items": self.mix(c_i, p_i, ref, self.item_router, noise=train),
+        }
 
     # ------------------------------------------------------------------ training
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, dict[str, float]]:
-        c_u, c_i = self.collaborative(train=self.training)
-        p_u, p_i = self.modality_reps()
+        # Experts and routers run once over all users and items (fewer rows than a
+        # batch's 3 x 2048), then the batch's rows are gathered.
+        out = self.forward_all(train=self.training)
         items = torch.cat([pos, neg])
-        u = self.mix(c_u[users], [p[users] for p in p_u], self.user_router, noise=self.training)
-        it = self.mix(c_i[items], [p[items] for p in p_i], self.item_router, noise=self.training)
+        u = {k: out["users"][k][users] for k in ("emb", "q")}
+        it = {k: out["items"][k][items] for k in ("emb", "q")}
         e_pos, e_neg = it["emb"].split(len(pos))
         bpr = bpr_loss((u["emb"] * e_pos).sum(1), (u["emb"] * e_neg).sum(1))
         reg = emb_norm_reg(self.user_emb[users], self.item_emb[pos], self.item_emb[neg])
         total = bpr + self.cfg.reg_weight * reg
         logs = {"bpr": float(bpr.detach())}
+        if self.cfg.content_loss_weight > 0:
+            cu = out["c_u"][users]
+            content = sum(bpr_loss((cu * p[pos]).sum(1), (cu * p[neg]).sum(1)) for p in out["p_i"]) / len(out["p_i"])
+            total = total + self.cfg.content_loss_weight * content
+            logs["content_bpr"] = float(content.detach())
         if self.expert_bank is not None:
             q_items, q_users = it["q"], u["q"]
             with torch.no_grad():
@@ -198,12 +221,13 @@ class MAGNET(Recommender):
 
     @torch.no_grad()
     def embeddings(self) -> tuple[Tensor, Tensor]:
-        users, items = self._all(train=False)
-        return users["emb"], items["emb"]
+        out = self.forward_all(train=False)
+        return out["users"]["emb"], out["items"]["emb"]
 
     @torch.no_grad()
     def export_arrays(self) -> dict[str, np.ndarray]:
-        users, items = self._all(train=False)
+        out = self.forward_all(train=False)
+        users, items = out["users"], out["items"]
 
         def np32(t: Tensor) -> np.ndarray:
             return t.detach().float().cpu().numpy()
