@@ -18,15 +18,21 @@ Two servers run side by side on the same bundle:
     request (FAISS search + rescoring), and for /explain over random pairs drawn
     from users x items (a pair space far larger than the LRU, so ~every request is
     a miss; it runs here so it never evicts the default server's warm entries).
-The cache hit ratio of each run is read from the server's /metrics and reported.
+The cache hit ratio (and, with --redis, cache errors/skips) of each run is read from
+the server's /metrics and reported, as is the server's CPU time per request.
+A third process, the control app (`floor_app`), runs the same framework stack with a
+route shaped like /recommend that returns a constant: what FastAPI alone charges.
 
 Scenarios x concurrency 1, 16, 64 (wrk -t1 -c C); the matrix is repeated --rounds
-times, interleaved so /healthz is measured next to the others, and each cell is
-the median over rounds. The bars are ratios against /healthz measured in the same
-run (the machine is shared and noisy): at concurrency 16, GET /recommend and cached
-/explain >= 0.6x /healthz requests/s, and /recommend p99 <= 1.5x /healthz p99.
+times and each cell is the median over rounds. The bars are ratios against /healthz
+measured in the same run (the machine is shared and noisy): at concurrency 16,
+GET /recommend and cached /explain >= 0.6x /healthz requests/s, and /recommend p99
+<= 1.5x /healthz p99. At concurrency 16 each scenario's run is paired with a /healthz
+run right before it, and the ratio reported is the median of the paired ratios.
+The process exits 1 if any request failed (non-2xx, timeout, socket error).
 
     python -m bench.serving [--quick] [--redis] [--json OUT] [--plot docs/bench_serving.png]
+                            [--markdown OUT.md] [--only recommend,explain_cached] [--access-log]
 """
 
 from __future__ import annotations
