@@ -13,20 +13,20 @@ class MagnetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # optimisation -------------------------------------------------------------
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate (the trainer's default for this model)")
+    lr: float = Field(5e-3, gt=0, description="Adam learning rate (the trainer's default for this model)")
     reg_weight: float = Field(1e-3, ge=0, description="MMRec EmbLoss weight on the batch's ID (layer-0) embeddings")
 
     # dual-view graph learning -------------------------------------------------
     dim: int = Field(64, ge=1, description="embedding width d")
-    n_layers: int = Field(2, ge=0, description="L_ui: LightGCN layers of the interaction view")
-    aug_layers: int = Field(2, ge=0, description="L_aug: layers of the content-augmented view")
+    n_layers: int = Field(3, ge=0, description="L_ui: LightGCN layers of the interaction view")
+    aug_layers: int = Field(3, ge=0, description="L_aug: layers of the content-augmented view")
     knn_k: int = Field(10, ge=1, description="neighbours per item in each modality's kNN graph")
     content_weight: float = Field(
         1.0, gt=0, description="lambda: weight of the item-item block in the augmented graph; "
         "acts like lambda extra degree, so it matters most for items with few interactions"
     )
     edge_dropout: float = Field(
-        0.0, ge=0, lt=1, description="share of user-item edges pruned each training epoch, "
+        0.5, ge=0, lt=1, description="share of user-item edges pruned each training epoch, "
         "degree-sensitively (edges between high-degree nodes go first); 0 keeps all"
     )
     modality_layers: int = Field(1, ge=0, description="L_c: smoothing layers of p^m over S^m")
