@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from offline.export import json_safe
+
 
 def setup_logging(verbose: bool = False) -> None:
     """INFO-level progress lines with a timestamp on stderr."""
@@ -144,20 +146,9 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def _finite(value: Any) -> Any:
-    """NaN/inf -> None so the file stays strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def write_json(result: Any, path: Path) -> None:
     """Writes `result` as indented strict JSON (numpy values converted, NaN -> null)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     plain = json.loads(json.dumps(result, default=_json_default))  # numpy -> python; NaN survives
-    path.write_text(json.dumps(_finite(plain), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(json_safe(plain), indent=2, allow_nan=False) + "\n")

@@ -275,14 +275,14 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _json_safe(value: Any) -> Any:
-    """metrics.json may carry NaN; the manifest stays strict JSON (NaN -> null)."""
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None, recursively, so a file stays strict JSON (metrics.json may carry NaN)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -370,7 +370,7 @@ def export_bundle(
             "n_items": int(n_items),
             "n_experts": len(data["experts"]),
             "experts": data["experts"],
-            "metrics": _json_safe(metrics),
+            "metrics": json_safe(metrics),
             "index": index_info,
             "shapes": {name: list(array.shape) for name, array in arrays.items()},
             "source_run": str(run.resolve()),
