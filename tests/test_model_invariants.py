@@ -81,9 +81,32 @@ def test_export_matches_embeddings_and_its_own_invariant() -> None:
     assert np.allclose(arrays["user_emb"], users.numpy()) and np.allclose(arrays["item_emb"], items.numpy())
     rebuilt = arrays["item_base"] + np.einsum("ie,ied->id", arrays["item_gates"], arrays["item_experts"])
     assert np.allclose(rebuilt, arrays["item_emb"], atol=1e-5)
-    # base is the collaborative part c_i
-    _, c_i = model.collaborative()
+    # base is the collaborative part c_i (of the averaged weights that serving uses)
+    with model.averaged():
+        _, c_i = model.collaborative()
     assert np.allclose(arrays["item_base"], c_i.detach().numpy(), atol=1e-6)
+
+
+def test_serving_uses_the_weight_average_and_training_keeps_raw_weights() -> None:
+    model = _model()
+    raw_before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    _train_a_little(model, steps=4)
+    model.epoch_end(1)  # folds in the last step
+    assert int(model.ema_updates) == 4
+    raw = {k: v.detach().clone() for k, v in model.named_parameters()}
+    ema_emb = model.embeddings()[1]
+    assert all(torch.equal(v, dict(model.named_parameters())[k]) for k, v in raw.items())  # restored
+    # the average lies strictly between the init and the current weights for the item table
+    avg = model.ema__item_emb
+    assert not torch.equal(avg, raw["item_emb"]) and not torch.equal(avg, raw_before["item_emb"])
+    with model.averaged():
+        assert torch.equal(model.item_emb, avg)
+        assert torch.allclose(model.forward_all()["items"]["emb"], ema_emb)
+    off = _model(ema_decay=0.0)
+    _train_a_little(off, steps=2)
+    assert torch.allclose(off.embeddings()[1], off.forward_all()["items"]["emb"])
+    # the average travels in the state dict, so the best epoch's export is reproducible
+    assert "ema__item_emb" in model.state_dict() and "ema_updates" in model.state_dict()
 
 
 def test_serving_path_is_deterministic() -> None:
@@ -210,6 +233,7 @@ def test_model_epoch_end_reports_routing() -> None:
     assert len(out["expert_utilization"]) == 4 and sum(out["expert_utilization"]) == pytest.approx(1.0)
     assert 0 <= out["coverage_entropy"] <= 1 and 0 <= out["sample_entropy"] <= 1
     assert model.final_utilization() == out["expert_utilization"]
+    assert out["stage"] == 1 and out["stage_switch_epoch"] is None
 
 
 # ----------------------------------------------------------------- ablations & modalities

@@ -54,9 +54,8 @@ class AugmentedView(nn.Module):
         def step(z: Tensor) -> Tensor:
             out = spmm(bipartite, z)
             items = z[n_users:]
-            content = sum(w * spmm(s, items) for w, s in zip(weights, parts))
-            pad = content.new_zeros(n_users, z.shape[1])
-            return out + torch.cat([pad, content], dim=0)
+            out[n_users:] += sum(w * spmm(s, items) for w, s in zip(weights, parts))
+            return out
 
         return layer_mean(x, step, self.n_layers)
 

@@ -24,20 +24,33 @@ from torch import Tensor, nn
 
 
 class ExpertMLP(nn.Module):
-    """The template f: in -> hidden -> d, reported as f(z) - f(z_0).
+    """The template f(z) = W2 act(W1 z + b1), reported as f(z) - f(z_0).
 
-    The output layer is linear, so f(z) - f(z_0) = W2 (act(W1 z + b1) - act(W1 z_0 + b1)):
-    one output matmul on the difference of the two hidden states.
+    z is given in two parts, the content and the anchor (c), with W1 split into the
+    matching blocks: concatenation [content ; anchor] uses two blocks, a sum
+    content + anchor (`tied`) one shared block, and no anchor none. z_0 has the same
+    anchor and the reference content, so the anchor's block is computed once and the
+    reference's is a single row. The output layer has no bias (it would cancel).
     """
 
-    def __init__(self, in_dim: int, hidden: int, dim: int) -> None:
+    def __init__(self, content_dim: int, anchor_dim: int, hidden: int, dim: int, tied: bool = False) -> None:
         super().__init__()
-        self.inp = nn.Linear(in_dim, hidden)
+        if tied and anchor_dim != content_dim:
+            raise ValueError("a tied (summed) anchor needs the content's width")
+        self.content = nn.Linear(content_dim, hidden, bias=False)
+        self.anchor = nn.Linear(anchor_dim, hidden, bias=False) if anchor_dim and not tied else None
+        self.tied = tied
+        self.bias = nn.Parameter(torch.zeros(hidden))
         self.act = nn.GELU()
-        self.out = nn.Linear(hidden, dim, bias=False)  # a bias would cancel in the difference
+        self.out = nn.Linear(hidden, dim, bias=False)
 
-    def forward(self, z: Tensor, z0: Tensor) -> Tensor:
-        return self.out(self.act(self.inp(z)) - self.act(self.inp(z0)))
+    def forward(self, content: Tensor, content_ref: Tensor, anchor: Tensor | None = None) -> Tensor:
+        """f([content ; anchor]) - f([content_ref ; anchor]); content_ref may be one row."""
+        base = self.bias
+        if anchor is not None:
+            base = base + (self.content(anchor) if self.tied else self.anchor(anchor))
+        hidden = self.act(base + self.content(content)) - self.act(base + self.content(content_ref))
+        return self.out(hidden)
 
 
 def expert_specs(modalities: list[str]) -> list[dict]:
@@ -50,16 +63,18 @@ def expert_specs(modalities: list[str]) -> list[dict]:
 
 
 class ModalityExperts(nn.Module):
-    """All experts of one model; forward gives x [B, E, d] for rows of c and p^m."""
+    """All experts of one model; forward gives x [B, E, d] for rows of c and p^m:
+    dominant(m) = f([p^m ; c]), balanced = f(mean_m p^m + c), complementary(a, b) =
+    f([p^a * p^b ; p^a - p^b]), each minus f at the reference content."""
 
     def __init__(self, modalities: list[str], dim: int, hidden: int) -> None:
         super().__init__()
         self.modalities = sorted(modalities)
         self.specs = expert_specs(self.modalities)
         self.pairs = list(combinations(range(len(self.modalities)), 2))
-        self.dominant = nn.ModuleList(ExpertMLP(2 * dim, hidden, dim) for _ in self.modalities)
-        self.balanced = ExpertMLP(dim, hidden, dim)
-        self.complementary = nn.ModuleList(ExpertMLP(2 * dim, hidden, dim) for _ in self.pairs)
+        self.dominant = nn.ModuleList(ExpertMLP(dim, dim, hidden, dim) for _ in self.modalities)
+        self.balanced = ExpertMLP(dim, dim, hidden, dim, tied=True)
+        self.complementary = nn.ModuleList(ExpertMLP(2 * dim, 0, hidden, dim) for _ in self.pairs)
 
     @property
     def n_experts(self) -> int:
@@ -67,9 +82,9 @@ class ModalityExperts(nn.Module):
 
     def forward(self, c: Tensor, p: list[Tensor], p_ref: list[Tensor]) -> Tensor:
         """x [B, E, d] for rows c [B, d], p^m [B, d]; p_ref^m [d] is the reference content."""
-        ref = [r.expand_as(pm) for r, pm in zip(p_ref, p)]
-        out = [f(torch.cat([pm, c], 1), torch.cat([rm, c], 1)) for f, pm, rm in zip(self.dominant, p, ref)]
-        out.append(self.balanced(torch.stack(p).mean(0) + c, torch.stack(ref).mean(0) + c))
+        ref = [r.reshape(1, -1) for r in p_ref]
+        out = [f(pm, rm, c) for f, pm, rm in zip(self.dominant, p, ref)]
+        out.append(self.balanced(torch.stack(p).mean(0), torch.stack(ref).mean(0), c))
         for f, (a, b) in zip(self.complementary, self.pairs):
             out.append(f(self._pair(p[a], p[b]), self._pair(ref[a], ref[b])))
         return torch.stack(out, dim=1)

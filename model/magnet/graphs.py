@@ -97,7 +97,8 @@ def augmented_parts(
         coo = s.to_sparse_coo().coalesce()
         (r, c), v = coo.indices(), coo.values()
         scaled = content_weight * item_scale[r] * v * item_scale[c]
-        parts.append(_to_csr(torch.sparse_coo_tensor(torch.stack([r, c]), scaled, (n_items, n_items), check_invariants=False)))
+        block = torch.sparse_coo_tensor(torch.stack([r, c]), scaled, (n_items, n_items), check_invariants=False)
+        parts.append(_to_csr(block))
     return bipartite, parts
 
 
@@ -109,7 +110,8 @@ def user_mean_operator(train_edges: np.ndarray, n_users: int, n_items: int) -> t
     items = torch.as_tensor(pairs[:, 1])
     counts = torch.bincount(users, minlength=n_users).float().clamp(min=1)
     values = 1.0 / counts[users]
-    return _to_csr(torch.sparse_coo_tensor(torch.stack([users, items]), values, (n_users, n_items), check_invariants=False))
+    index = torch.stack([users, items])
+    return _to_csr(torch.sparse_coo_tensor(index, values, (n_users, n_items), check_invariants=False))
 
 
 def transpose_csr(a: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ exactly into a collaborative part and one contribution per expert."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -87,6 +89,53 @@ class MAGNET(Recommender):
         self.monitor = RoutingMonitor(cfg.entropy_threshold, cfg.trigger_window, cfg.ramp_epochs, cfg.one_stage)
         self.regularizer = RoutingRegularizer(self.monitor, cfg.lambda_cov)
 
+        # weight averaging (persistent, so the best epoch's state dict carries it)
+        self._ema_names = [n for n, _ in self.named_parameters()] if cfg.ema_decay > 0 else []
+        for name, param in self.named_parameters():
+            if cfg.ema_decay > 0:
+                self.register_buffer(self._ema_key(name), param.detach().clone())
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self._ema_pending = False
+
+    # ------------------------------------------------------------------ weight averaging
+
+    @staticmethod
+    def _ema_key(name: str) -> str:
+        return "ema__" + name.replace(".", "__")
+
+    @torch.no_grad()
+    def _ema_update(self) -> None:
+        """Folds the weights of the last optimizer step into the average (decay warmed
+        up as (1 + n) / (10 + n), so early epochs are not dominated by the init)."""
+        if not self._ema_pending or not self._ema_names:
+            return
+        n = int(self.ema_updates)
+        decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
+        params = dict(self.named_parameters())
+        for name in self._ema_names:
+            getattr(self, self._ema_key(name)).lerp_(params[name].detach(), 1.0 - decay)
+        self.ema_updates += 1
+        self._ema_pending = False
+
+    @contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Temporarily swaps the averaged weights in (a no-op when averaging is off)."""
+        if not self._ema_names:
+            yield
+            return
+        params = dict(self.named_parameters())
+        saved = {}
+        with torch.no_grad():
+            for name in self._ema_names:
+                saved[name] = params[name].detach().clone()
+                params[name].copy_(getattr(self, self._ema_key(name)))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, value in saved.items():
+                    params[name].copy_(value)
+
     # ------------------------------------------------------------------ graphs
 
     def _register_graph(self, name: str, adj: Tensor) -> None:
@@ -147,36 +196,44 @@ class MAGNET(Recommender):
         e = c + (g.unsqueeze(-1) * x).sum(1)
         return {"emb": e, "base": c, "gates": g, "q": q, "experts": x}
 
-    def forward_all(self, train: bool = False) -> dict:
-        """Every user's and item's representation; `train` selects the pruned graph
-        and router noise. Returns c_u, p_i (list) and the users'/items' `mix` dicts."""
+    def representations(self, train: bool = False) -> dict:
+        """c and p^m of every user and item, plus the experts' reference content;
+        `train` selects the pruned graph."""
         c_u, c_i = self.collaborative(train)
         p_u, p_i = self.modality_reps()
-        ref = [p.mean(0) for p in p_i]
+        return {"c_u": c_u, "c_i": c_i, "p_u": p_u, "p_i": p_i, "ref": [p.mean(0) for p in p_i]}
+
+    def forward_all(self, train: bool = False) -> dict:
+        """Every user's and item's `mix` (e, c, gates, q, expert outputs)."""
+        r = self.representations(train)
         return {
-            "c_u": c_u,
-            "p_i": p_i,
-            "users": self.mix(c_u, p_u, ref, self.user_router, noise=train),
-            "items": self.mix(c_i, p_i, ref, self.item_router, noise=train),
+            "users": self.mix(r["c_u"], r["p_u"], r["ref"], self.user_router, noise=train),
+            "items": self.mix(r["c_i"], r["p_i"], r["ref"], self.item_router, noise=train),
         }
 
     # ------------------------------------------------------------------ training
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, dict[str, float]]:
-        # Experts and routers run once over all users and items (fewer rows than a
-        # batch's 3 x 2048), then the batch's rows are gathered.
-        out = self.forward_all(train=self.training)
+        if self.training:
+            self._ema_update()  # the previous step's weights
+        # Graphs propagate over everyone; experts and routers run once per distinct
+        # user/item of the batch, and the batch's rows are gathered from those.
+        r = self.representations(train=self.training)
         items = torch.cat([pos, neg])
-        u = {k: out["users"][k][users] for k in ("emb", "q")}
-        it = {k: out["items"][k][items] for k in ("emb", "q")}
+        uniq_u, inv_u = torch.unique(users, return_inverse=True)
+        uniq_i, inv_i = torch.unique(items, return_inverse=True)
+        mixed_u = self.mix(r["c_u"][uniq_u], [p[uniq_u] for p in r["p_u"]], r["ref"], self.user_router, self.training)
+        mixed_i = self.mix(r["c_i"][uniq_i], [p[uniq_i] for p in r["p_i"]], r["ref"], self.item_router, self.training)
+        u = {k: mixed_u[k][inv_u] for k in ("emb", "q")}
+        it = {k: mixed_i[k][inv_i] for k in ("emb", "q")}
         e_pos, e_neg = it["emb"].split(len(pos))
         bpr = bpr_loss((u["emb"] * e_pos).sum(1), (u["emb"] * e_neg).sum(1))
         reg = emb_norm_reg(self.user_emb[users], self.item_emb[pos], self.item_emb[neg])
         total = bpr + self.cfg.reg_weight * reg
         logs = {"bpr": float(bpr.detach())}
         if self.cfg.content_loss_weight > 0:
-            cu = out["c_u"][users]
-            content = sum(bpr_loss((cu * p[pos]).sum(1), (cu * p[neg]).sum(1)) for p in out["p_i"]) / len(out["p_i"])
+            cu = r["c_u"][users]
+            content = sum(bpr_loss((cu * p[pos]).sum(1), (cu * p[neg]).sum(1)) for p in r["p_i"]) / len(r["p_i"])
             total = total + self.cfg.content_loss_weight * content
             logs["content_bpr"] = float(content.detach())
         if self.expert_bank is not None:
@@ -189,10 +246,12 @@ class MAGNET(Recommender):
                 route = 0.5 * (self.regularizer(q_items) + self.regularizer(q_users))
                 total = total + self.cfg.route_weight * route
                 logs["route"] = float(route.detach())
+        self._ema_pending = self.training
         return total, logs
 
     def epoch_end(self, epoch: int) -> dict:
         """Closes the routing monitor's epoch, logs routing, prunes a new graph."""
+        self._ema_update()  # the epoch's last step
         self._resample_training_graph()
         if self.expert_bank is None:
             return {}
@@ -214,19 +273,22 @@ class MAGNET(Recommender):
         """Share of items whose top-1 expert is each expert (noise-free routing)."""
         if self.expert_bank is None or self.item_router is None:
             return None
-        _, c_i = self.collaborative(train=False)
-        g, _ = self.item_router(c_i, noise=False)
+        with self.averaged():
+            _, c_i = self.collaborative(train=False)
+            g, _ = self.item_router(c_i, noise=False)
         counts = torch.bincount(g.argmax(1), minlength=g.shape[1]).float()
         return [float(v) for v in (counts / max(self.n_items, 1)).cpu()]
 
     @torch.no_grad()
     def embeddings(self) -> tuple[Tensor, Tensor]:
-        out = self.forward_all(train=False)
+        with self.averaged():
+            out = self.forward_all(train=False)
         return out["users"]["emb"], out["items"]["emb"]
 
     @torch.no_grad()
     def export_arrays(self) -> dict[str, np.ndarray]:
-        out = self.forward_all(train=False)
+        with self.averaged():
+            out = self.forward_all(train=False)
         users, items = out["users"], out["items"]
 
         def np32(t: Tensor) -> np.ndarray:
