@@ -169,13 +169,19 @@ def start_server(name: str, bundle: Path, workdir: Path, settings: dict[str, str
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     server = Server(name, port, proc, log_path, {k: v for k, v in env.items() if k.startswith("MAGNET_")})
-    deadline = time.monotonic() + 120
+    return _wait_until_answering(server, "/readyz", timeout_s=120)
+
+
+def _wait_until_answering(server: Server, path: str, timeout_s: float) -> Server:
+    """Polls `path` until it answers 200; stops the process and raises with its log
+    tail if it exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
     while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server {name} exited with {proc.returncode}:\n{server.tail()}")
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server {server.name} exited with {server.proc.returncode}:\n{server.tail()}")
         try:
             c = server.conn()
-            c.request("GET", "/readyz")
+            c.request("GET", path)
             r = c.getresponse()
             r.read()
             c.close()
@@ -184,8 +190,8 @@ def start_server(name: str, bundle: Path, workdir: Path, settings: dict[str, str
         except OSError:
             pass
         if time.monotonic() > deadline:
-            _stop(proc)
-            raise RuntimeError(f"server {name} not ready after 120 s:\n{server.tail()}")
+            _stop(server.proc)
+            raise RuntimeError(f"server {server.name} not ready after {timeout_s:.0f} s:\n{server.tail()}")
         time.sleep(0.2)
 
 
@@ -237,21 +243,7 @@ def start_floor(workdir: Path) -> Server:
                             env=env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     server = Server("floor", port, proc, log_path)
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"control server exited with {proc.returncode}:\n{server.tail()}")
-        try:
-            c = server.conn()
-            c.request("GET", "/healthz")
-            c.getresponse().read()
-            c.close()
-            return server
-        except OSError:
-            if time.monotonic() > deadline:
-                _stop(proc)
-                raise RuntimeError(f"control server not up after 60 s:\n{server.tail()}")
-            time.sleep(0.2)
+    return _wait_until_answering(server, "/healthz", timeout_s=60)
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen, int]:

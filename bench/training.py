@@ -66,16 +66,16 @@ def synthetic_dataset(n_interactions: int, seed: int = 0):
     )
 
 
-def measure_one(model_name: str, size: str, epochs: int) -> dict:
-    """Times `epochs` training epochs (after one warm-up epoch) in this process."""
+def _setup(model_name: str, size: str):
+    """Dataset, model, optimizer and sampler for one (model, size), after one warm-up
+    epoch, plus `epoch(n)`: one training epoch and its end-of-epoch work."""
     import torch
 
     from model import build
     from offline.config import load_config
-    from offline.dataset import load_dataset
     from offline.train import DistInfo, NegativeSampler, _LossModule, _train_epoch, seed_everything
 
-    ds = load_dataset(ML100K) if size == "ml100k" else synthetic_dataset(int(size))
+    ds = load_dataset_for(size)
     cfg = load_config(None, [], model=model_name, progress=False)
     seed_everything(0)
     t0 = time.perf_counter()
@@ -85,13 +85,22 @@ def measure_one(model_name: str, size: str, epochs: int) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate())
     sampler = NegativeSampler(ds.train, ds.n_items, seed=0)
     device = torch.device("cpu")
-    _train_epoch(wrapped, opt, ds, sampler, cfg, 0, device, DistInfo())
-    model.epoch_end(0)
+
+    def epoch(n: int) -> None:
+        _train_epoch(wrapped, opt, ds, sampler, cfg, n, device, DistInfo())
+        model.epoch_end(n)
+
+    epoch(0)
+    return ds, setup_s, epoch
+
+
+def measure_one(model_name: str, size: str, epochs: int) -> dict:
+    """Times `epochs` training epochs (after one warm-up epoch) in this process."""
+    ds, setup_s, epoch = _setup(model_name, size)
     times = []
-    for epoch in range(1, epochs + 1):
+    for n in range(1, epochs + 1):
         t = time.perf_counter()
-        _train_epoch(wrapped, opt, ds, sampler, cfg, epoch, device, DistInfo())
-        model.epoch_end(epoch)
+        epoch(n)
         times.append(time.perf_counter() - t)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
@@ -104,6 +113,77 @@ def measure_one(model_name: str, size: str, epochs: int) -> dict:
         "s_per_epoch": float(np.median(times)),
         "peak_rss_mb": peak_mb,
     }
+
+
+def _ms(fn, reps: int = 20) -> float:
+    """Median milliseconds of fn() over reps calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
+def component_times(size: str = "ml100k", batch: int = 2048) -> dict[str, float]:
+    """Forward + backward milliseconds of each part of one training step, MAGNET's
+    parts timed in isolation (leaf inputs), next to LightGCN's whole step."""
+    import torch
+
+    from model import build
+    from offline.config import load_config
+
+    ds = load_dataset_for(size)
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, len(ds.train), batch)
+    users, pos = torch.as_tensor(ds.train[rows, 0]), torch.as_tensor(ds.train[rows, 1])
+    neg = torch.as_tensor(rng.integers(0, ds.n_items, batch))
+    out: dict[str, float] = {}
+    for name in MODELS:
+        model = build(name, ds.n_users, ds.n_items, ds.train, ds.features,
+                      load_config(None, [], model=name, progress=False).model_section())
+        model.train()
+        out[f"{name}: whole step (loss, backward)"] = _ms(lambda: model.loss(users, pos, neg)[0].backward())
+    m = model  # MAGNET
+    adj, bip, parts = m._graphs(True)
+    x = torch.cat([m.user_emb, m.item_emb]).detach().requires_grad_()
+    out["magnet: interaction view"] = _ms(lambda: m.interaction(x, adj).sum().backward())
+    if m.augmented is not None:
+        out["magnet: content-augmented view"] = _ms(lambda: m.augmented(x, bip, parts, m.n_users).sum().backward())
+    out["magnet: modality encoder (all items, user means)"] = _ms(
+        lambda: sum(t.sum() for group in m.modality_reps() for t in group).backward())
+    r = m.representations(True)
+    leaf = {k: ([t.detach().requires_grad_() for t in v] if isinstance(v, list) else v.detach().requires_grad_())
+            for k, v in r.items()}
+    uu, ii = torch.unique(users), torch.unique(torch.cat([pos, neg]))
+    for side, idx, router in (("users", uu, m.user_router), ("items", ii, m.item_router)):
+        c, p = leaf[f"c_{side[0]}"], leaf[f"p_{side[0]}"]
+
+        def mix(c=c, p=p, idx=idx, router=router) -> None:
+            m.mix(c[idx], [t[idx] for t in p], leaf["ref"], router, True)["emb"].sum().backward()
+
+        out[f"magnet: experts + router, {len(idx)} distinct {side}"] = _ms(mix)
+    out["magnet: training-graph resample (once per epoch)"] = _ms(m._resample_training_graph, reps=3)
+    return out
+
+
+def load_dataset_for(size: str):
+    """ml100k from ../shared, or a synthetic dataset of about `size` interactions."""
+    from offline.dataset import load_dataset
+
+    return load_dataset(ML100K) if size == "ml100k" else synthetic_dataset(int(size))
+
+
+def profile_one(model_name: str, size: str, rows: int = 25) -> str:
+    """The torch profiler's table (self CPU time) for one training epoch, after a
+    warm-up epoch: what dominates the epoch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, _, epoch = _setup(model_name, size)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        epoch(1)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def run_all(sizes: list[str], epochs: int) -> list[dict]:
@@ -156,8 +236,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write results as JSON")
     parser.add_argument("--plot", type=Path, help="write a PNG plot")
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs per run")
+    parser.add_argument("--profile", nargs=2, metavar=("MODEL", "SIZE"), help="per-part step times, then the profiler table of one epoch of MODEL")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile:
+        for part, ms in component_times(args.profile[1]).items():
+            print(f"{part:55s} {ms:8.2f} ms")
+        print(profile_one(args.profile[0], args.profile[1]))
+        return
     if args.one:
         print(json.dumps(measure_one(args.one[0], args.one[1], args.epochs or 2)))
         return

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_K = 1000
-MAX_BATCH_USERS = 1000
+MAX_BATCH_USERS = 100_000  # hard ceiling; MAGNET_MAX_BATCH_USERS (default 1000) is the limit in force
 
 
 class ScoredItem(BaseModel):
@@ -32,7 +32,9 @@ class Recommendation(BaseModel):
 class BatchRecommendRequest(BaseModel):
     model_config = ConfigDict(coerce_numbers_to_str=True, extra="forbid")
 
-    user_ids: list[str] = Field(max_length=MAX_BATCH_USERS, description="external user ids")
+    user_ids: list[str] = Field(
+        max_length=MAX_BATCH_USERS, description="external user ids; at most MAGNET_MAX_BATCH_USERS (default 1000)"
+    )
     k: int = Field(10, ge=1, le=MAX_K, description="items per user")
 
 

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     redis_backoff_s: float = Field(1.0, gt=0, description="first pause before retrying Redis after an error")
     redis_backoff_max_s: float = Field(30.0, gt=0, description="longest pause between Redis retries")
     search_margin: int = Field(16, ge=0, description="extra candidates fetched so rescoring never loses the K-th item")
-    max_batch_users: int = Field(1000, ge=1, description="most user_ids one POST /recommend may carry")
+    max_batch_users: int = Field(1000, ge=1, le=100_000, description="most user_ids one POST /recommend may carry (422 above)")
     faiss_threads: int = Field(
         1, ge=1, description="OpenMP threads per FAISS search; 1 is fastest for single queries "
         "(parallelism comes from concurrent requests and workers; more threads spin on busy CPUs)"

@@ -41,3 +41,44 @@ def test_two_process_gloo_matches_one_process(small_data, tmp_path):
     for split in ("valid", "test"):
         for key in ("recall@20", "ndcg@20"):
             assert two[split][key] == pytest.approx(one[split][key], abs=0.01), (split, key)
+
+
+def _monitor_rank(rank: int, store_path: str, out_path: str) -> None:
+    """One rank of a gloo group: observes its own shard's entropies for two epochs."""
+    import torch.distributed as dist
+
+    from model.magnet.regularizer import RoutingMonitor
+
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    monitor = RoutingMonitor(threshold=0.9, window=2, ramp_epochs=1)
+    results = []
+    for epoch in (1, 2):
+        # rank 0 alone would see 0.95 (above the threshold), rank 1 alone 0.80 (below),
+        # with 3 batches against 1: the global mean is (3 * 0.95 + 0.80) / 4 = 0.9125.
+        for _ in range(3 if rank == 0 else 1):
+            monitor.observe(0.95 if rank == 0 else 0.80, 0.5 + rank * 0.1)
+        results.append(monitor.end_epoch(epoch))
+    dist.destroy_process_group()
+    with open(out_path, "w") as f:
+        json.dump(results, f)
+
+
+def test_routing_monitor_decides_on_the_mean_over_all_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    outs = [tmp_path / f"rank{r}.json" for r in range(2)]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_monitor_rank, args=(r, str(tmp_path / "store"), str(outs[r]))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert all(p.exitcode == 0 for p in procs)
+    ranks = [json.loads(o.read_text()) for o in outs]
+    assert ranks[0] == ranks[1]  # one decision for the whole group
+    first, second = ranks[0]
+    assert first["coverage_entropy"] == pytest.approx(0.9125)
+    assert first["sample_entropy"] == pytest.approx((3 * 0.5 + 0.6) / 4)
+    # 0.9125 > 0.9 in both epochs: the window of 2 fills and the stage switches at epoch 2,
+    # although rank 1's own shard never crossed the threshold.
+    assert (first["stage_switch_epoch"], second["stage_switch_epoch"]) == (None, 2)

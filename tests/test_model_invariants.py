@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from model import build
+from model.graph import spmm
 from model.magnet import MAGNET, MagnetConfig, RoutingMonitor, RoutingRegularizer, TopKRouter
-from model.magnet.graphs import augmented_parts, degree_sensitive_prune, knn_graph, spmm, transpose_csr
+from model.magnet.graphs import augmented_parts, degree_sensitive_prune, knn_graph, transpose_csr
 from model.magnet.regularizer import coverage_entropy, sample_entropy
 
 N_USERS, N_ITEMS = 30, 40

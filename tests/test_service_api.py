@@ -109,6 +109,16 @@ def test_bad_batch_is_422(api, payload, field):
     assert r.json()["detail"][0]["loc"][:2] == ["body", field]
 
 
+def test_batch_limit_follows_the_setting(start_server, bundle_dir, fake_run):
+    live = start_server(bundle=bundle_dir, max_batch_users=3)
+    with live.client() as c:
+        assert c.post("/recommend", json={"user_ids": fake_run.user_ids[:3], "k": 2}).status_code == 200
+        r = c.post("/recommend", json={"user_ids": fake_run.user_ids[:4], "k": 2})
+        assert r.status_code == 422
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == ["body", "user_ids"] and "at most 3" in detail["msg"]
+
+
 def test_batch_equals_single(api, fake_run):
     users = [fake_run.user_ids[0], "nobody", fake_run.user_ids[7], fake_run.user_ids[0]]
     r = api.post("/recommend", json={"user_ids": users, "k": 7})

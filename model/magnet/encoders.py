@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.magnet.graphs import spmm
+from model.graph import spmm
 
 
 def layer_mean(x: Tensor, step, n_layers: int) -> Tensor:

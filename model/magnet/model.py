@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from model.base import Recommender, bpr_loss, emb_norm_reg
-from model.graph import normalized_bipartite
+from model.graph import normalized_bipartite, unique_pairs
 from model.magnet.config import MagnetConfig
 from model.magnet.encoders import AugmentedView, GatedFusion, InteractionView, ModalityEncoder
 from model.magnet.experts import ModalityExperts
@@ -51,7 +51,7 @@ class MAGNET(Recommender):
                 raise ValueError(f"features[{name!r}] has shape {x.shape}, expected [{n_items}, d]")
         self.n_users, self.n_items, self.cfg = n_users, n_items, cfg
         self.modalities = sorted(features)
-        self.train_edges = np.unique(np.asarray(train_edges, dtype=np.int64).reshape(-1, 2), axis=0)
+        self.train_edges = unique_pairs(train_edges, n_items)
         feats = {m: torch.as_tensor(np.asarray(features[m]), dtype=torch.float32) for m in self.modalities}
 
         # ID embeddings (MMRec/LightGCN: xavier)

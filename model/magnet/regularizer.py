@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 _EPS = 1e-12
@@ -65,13 +66,26 @@ class RoutingMonitor:
         self._sums["sample"] += sample
         self._batches += 1
 
+    def _epoch_totals(self) -> tuple[float, float, int]:
+        """This epoch's entropy sums and batch count, summed over data-parallel ranks
+        so every rank sees the same means and takes the same stage decision."""
+        totals = (self._sums["coverage"], self._sums["sample"], self._batches)
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return totals
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        t = torch.tensor([float(v) for v in totals], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return float(t[0]), float(t[1]), int(round(float(t[2])))
+
     def end_epoch(self, epoch: int) -> dict:
-        """Epoch means, the stage this epoch ran under, and the switch epoch so far."""
-        n = max(self._batches, 1)
-        coverage, sample = self._sums["coverage"] / n, self._sums["sample"] / n
+        """Epoch means (over all ranks), the stage this epoch ran under, and the switch
+        epoch so far."""
+        cov_sum, smp_sum, batches = self._epoch_totals()
+        n = max(batches, 1)
+        coverage, sample = cov_sum / n, smp_sum / n
         ran_under = self.stage
         if self.stage == 1:
-            self.streak = self.streak + 1 if (self._batches and coverage > self.threshold) else 0
+            self.streak = self.streak + 1 if (batches and coverage > self.threshold) else 0
             if self.streak >= self.window:
                 self.stage, self.switch_epoch = 2, epoch
         self.epoch = epoch + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
 
 from service.dependencies import model_or_503
 from service.ranking import recommendations
@@ -39,6 +40,13 @@ async def recommend_many(
     """One result per user id, in request order; one FAISS search and one cache
     round trip (MGET) for the whole batch."""
     app = request.app.state
+    limit = app.settings.max_batch_users
+    if len(body.user_ids) > limit:  # the same 422 shape as the schema's own checks
+        raise RequestValidationError([{
+            "type": "too_long", "loc": ("body", "user_ids"), "input": f"<{len(body.user_ids)} user ids>",
+            "msg": f"List should have at most {limit} items after validation, not {len(body.user_ids)}",
+            "ctx": {"field_type": "List", "max_length": limit, "actual_length": len(body.user_ids)},
+        }])
     parts = await recommendations(model_or_503(request), app.cache, app.metrics, body.user_ids, body.k,
                                   use_cache=app.settings.cache_recommendations)
     return OrjsonResponse(b'{"results":[' + b",".join(data for data, _ in parts) + b"]}")
