@@ -18,8 +18,10 @@ Two servers run side by side on the same bundle:
     request (FAISS search + rescoring), and for /explain over random pairs drawn
     from users x items (a pair space far larger than the LRU, so ~every request is
     a miss; it runs here so it never evicts the default server's warm entries).
-The cache hit ratio (and, with --redis, cache errors/skips) of each run is read from
-the server's /metrics and reported, as is the server's CPU time per request.
+The cache hit ratio (and, with --redis, cache errors/skips and the share answered by
+the in-process front tier, MAGNET_LOCAL_CACHE_SIZE; --local-cache-size 0 turns it off)
+of each run is read from the server's /metrics and reported, as is the server's CPU
+time per request.
 A third process, the control app (`floor_app`), runs the same framework stack with a
 route shaped like /recommend that returns a constant: what FastAPI alone charges.
 
@@ -142,9 +144,12 @@ class Server:
         c.close()
         out = {}
         for line in text.splitlines():
-            m = re.match(r'magnet_cache_(hits|misses)_total\{backend="[^"]*",kind="([^"]*)"\} (\S+)', line)
-            if m:
-                out[f"{m.group(1)}:{m.group(2)}"] = float(m.group(3))
+            m = re.match(r'magnet_cache_(hits|misses)_total\{backend="([^"]*)",kind="([^"]*)"\} (\S+)', line)
+            if m:  # summed over backends: with Redis, the in-process front tier's hits count as "local"
+                key = f"{m.group(1)}:{m.group(3)}"
+                out[key] = out.get(key, 0.0) + float(m.group(4))
+                if m.group(1) == "hits" and m.group(2) == "local":
+                    out[f"local_hits:{m.group(3)}"] = float(m.group(4))
             m = re.match(r'magnet_cache_(errors|bypassed)_total\{[^}]*\} (\S+)', line)
             if m:  # summed over ops (get, set)
                 out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
@@ -466,11 +471,14 @@ def measure(scenario: Scenario, server: Server, concurrency: int, duration: floa
         hits = after.get(f"hits:{scenario.cache_kind}", 0) - before_m.get(f"hits:{scenario.cache_kind}", 0)
         misses = after.get(f"misses:{scenario.cache_kind}", 0) - before_m.get(f"misses:{scenario.cache_kind}", 0)
         res["cache_hit_ratio"] = hits / (hits + misses) if hits + misses else None
+        local = (after.get(f"local_hits:{scenario.cache_kind}", 0)
+                 - before_m.get(f"local_hits:{scenario.cache_kind}", 0))
+        res["cache_local_hit_ratio"] = local / (hits + misses) if hits + misses else None  # answered in-process
         # Redis answering too slowly (or not at all) is counted, then skipped while backing off
         res["cache_errors"] = after.get("errors", 0) - before_m.get("errors", 0)
         res["cache_bypassed"] = after.get("bypassed", 0) - before_m.get("bypassed", 0)
     else:
-        res["cache_hit_ratio"] = None
+        res["cache_hit_ratio"] = res["cache_local_hit_ratio"] = None
         res["cache_errors"] = res["cache_bypassed"] = 0
     return res
 
@@ -494,7 +502,7 @@ def summarise(raw: dict[tuple[str, int], list[dict]], scenarios: list[Scenario],
                 continue
             row = {"scenario": s.name, "label": s.label, "server": s.server, "concurrency": c, "rounds": len(runs)}
             for key in ("rps", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "server_cpu_us_per_request",
-                        "server_cpu_util", "cache_hit_ratio", "kb_per_request"):
+                        "server_cpu_util", "cache_hit_ratio", "cache_local_hit_ratio", "kb_per_request"):
                 row[key] = _median(runs, key)
             row["requests"] = sum(r["requests"] for r in runs)
             row["errors"] = sum(r["errors"] for r in runs)
@@ -545,14 +553,15 @@ def bars(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'scenario':<20} {'c':>3} {'req/s':>8} {'x hz':>5} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
-            f"{'p99 x hz':>8} {'cpu us/req':>10} {'hit':>5} {'err':>4} {'cache err/skip':>14}")
+            f"{'p99 x hz':>8} {'cpu us/req':>10} {'hit':>5} {'local':>5} {'err':>4} {'cache err/skip':>14}")
     lines = [head, "-" * len(head)]
     for r in rows:
         hit = "-" if r["cache_hit_ratio"] is None else f"{r['cache_hit_ratio']:.2f}"
+        local = "-" if r.get("cache_local_hit_ratio") is None else f"{r['cache_local_hit_ratio']:.2f}"
         lines.append(
             f"{r['scenario']:<20} {r['concurrency']:>3} {r['rps']:>8.0f} {r['rps_vs_healthz']:>5.2f} "
             f"{r['p50_ms']:>7.2f} {r['p95_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['p99_vs_healthz']:>8.2f} "
-            f"{r['server_cpu_us_per_request']:>10.0f} {hit:>5} {r['errors']:>4} "
+            f"{r['server_cpu_us_per_request']:>10.0f} {hit:>5} {local:>5} {r['errors']:>4} "
             f"{r['cache_errors']:>7.0f}/{r['cache_bypassed']:<6.0f}")
     return "\n".join(lines)
 
@@ -632,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-timeout", type=float, default=0.5,
                    help="MAGNET_REDIS_TIMEOUT_S with --redis (default 0.5; the service's default 0.05 trips\n"
                         "under saturation on a shared box, after which the cache is skipped while backing off)")
+    p.add_argument("--local-cache-size", type=int,
+                   help="MAGNET_LOCAL_CACHE_SIZE with --redis (default: the service's; 0 = every lookup\n"
+                        "goes to Redis, no in-process front tier)")
     p.add_argument("--json", type=Path, help="write results as JSON")
     p.add_argument("--plot", type=Path, help="write a PNG plot (matplotlib Agg)")
     p.add_argument("--markdown", type=Path, help="write the results table as Markdown")
@@ -685,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
                 if redis_port:
                     settings["MAGNET_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/{len(servers)}"
                     settings["MAGNET_REDIS_TIMEOUT_S"] = str(a.redis_timeout)
+                    if a.local_cache_size is not None:
+                        settings["MAGNET_LOCAL_CACHE_SIZE"] = str(a.local_cache_size)
                 servers[name] = start_server(name, bundle, tmp, settings)
                 procs.append(servers[name].proc)
             if not a.no_floor:
@@ -716,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
                 res = measure(s, servers[s.server], c, duration, a.wrk_threads)
                 raw.setdefault((s.name, c), []).append(res)
                 hit = "" if res["cache_hit_ratio"] is None else f" hit {res['cache_hit_ratio']:.2f}"
+                if res["cache_local_hit_ratio"] is not None and a.redis:
+                    hit += f" (in-process {res['cache_local_hit_ratio']:.2f})"
                 print(f"  round {rnd + 1}/{rounds} c={c:<3} {s.name:<20} {res['rps']:8.0f} req/s  "
                       f"p50 {res['p50_ms']:6.2f}  p99 {res['p99_ms']:7.2f} ms{hit}{note}"
                       f"{'  ERRORS ' + str(res['errors']) if res['errors'] else ''}", flush=True)
@@ -768,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
                    "rounds": rounds, "concurrency": list(CONCURRENCY), "wrk_threads": a.wrk_threads,
                    "explain_pairs": n_pairs, "cache": "redis" if a.redis else "local",
                    "redis_timeout_s": a.redis_timeout if a.redis else None,
+                   "local_cache_size": a.local_cache_size if a.redis else None,
                    "server_settings": {n: s.settings for n, s in servers.items()}, "workers": 1},
         "rows": rows,
         "bars": checks,

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.exception_handlers import request_validation_exception_handler
 
-from service.cache import make_cache
+from service.cache import make_cache, uses_front_tier
 from service.metrics import Metrics
 from service.middleware import SCOPE_KEY, RequestContextMiddleware
 from service.responses import OrjsonResponse
@@ -74,7 +74,7 @@ async def _watch(holder: ModelHolder, settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A ready-to-serve app for `settings` (default: read from MAGNET_* environment)."""
     settings = settings or load_settings()
-    metrics_ = Metrics("redis" if settings.redis_url else "local")
+    metrics_ = Metrics("redis" if settings.redis_url else "local", front_tier=uses_front_tier(settings))
     holder = ModelHolder(metrics_, margin=settings.search_margin, faiss_threads=settings.faiss_threads)
 
     @asynccontextmanager

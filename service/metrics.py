@@ -22,7 +22,9 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, cache_backend: str = "local") -> None:
+    def __init__(self, cache_backend: str = "local", *, front_tier: bool = False) -> None:
+        """`front_tier`: an in-process LRU sits in front of `cache_backend` (Redis); its hits
+        are counted under backend="local", so they need zero series up front too."""
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("magnet_http_requests", "HTTP requests by route template and status",
                                 ["method", "route", "status"], registry=r)
@@ -48,6 +50,8 @@ class Metrics:
         for kind in CACHE_KINDS:
             self.cache_hits.labels(cache_backend, kind)
             self.cache_misses.labels(cache_backend, kind)
+            if front_tier:  # a front-tier lookup is a local hit or passes on to the backend: no local misses
+                self.cache_hits.labels("local", kind)
         for op in CACHE_OPS:
             self.cache_errors.labels(cache_backend, op)
             self.cache_bypassed.labels(cache_backend, op)

@@ -29,6 +29,14 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(3600, ge=1, description="lifetime of cached explanations and recommendations")
     cache_max_items: int = Field(100_000, ge=1, description="entries kept by the in-process LRU cache")
     cache_recommendations: bool = Field(True, description="also cache /recommend results (explanations always are)")
+    local_cache_size: int = Field(
+        10_000, ge=0, description="with Redis: entries of the per-worker in-process LRU in front of it "
+        "(0 = off, every lookup goes to Redis); a front-tier hit costs no Redis round trip"
+    )
+    local_cache_ttl_s: float = Field(
+        5.0, gt=0, description="with Redis: seconds an entry stays in the in-process front tier (capped at "
+        "MAGNET_CACHE_TTL_S); short, so the front tier holds only what is hot right now"
+    )
     redis_timeout_s: float = Field(0.05, gt=0, description="socket connect/read timeout per Redis call")
     redis_backoff_s: float = Field(1.0, gt=0, description="first pause before retrying Redis after an error")
     redis_backoff_max_s: float = Field(30.0, gt=0, description="longest pause between Redis retries")

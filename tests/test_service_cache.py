@@ -1,4 +1,9 @@
-"""The response cache against a real Redis: hits, keys, TTLs, and Redis failing mid-test."""
+"""The response cache against a real Redis: hits, keys, TTLs, and Redis failing mid-test.
+
+Tests that count Redis hits or watch Redis come back pass local_cache_size=0 (Redis
+alone, the behaviour without the in-process front tier); the front tier itself is
+tested in test_service_two_tier_cache.py.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ def fresh_bundle(fake_run, tmp_path) -> Path:
 
 
 def test_redis_caches_explanations_and_recommendations(start_server, fresh_bundle, fake_run, shared_redis_url):
-    live = start_server(bundle=fresh_bundle, redis_url=shared_redis_url, cache_ttl_s=120)
+    live = start_server(bundle=fresh_bundle, redis_url=shared_redis_url, cache_ttl_s=120, local_cache_size=0)
     version = _version(fresh_bundle)
     store = redis.Redis.from_url(shared_redis_url)
     user, item = fake_run.user_ids[4], fake_run.item_ids[9]
@@ -76,7 +81,7 @@ def test_redis_caches_explanations_and_recommendations(start_server, fresh_bundl
 
 def test_redis_killed_mid_test_never_fails_a_request(start_server, fresh_bundle, fake_run, redis_server):
     live = start_server(bundle=fresh_bundle, redis_url=redis_server.url, redis_backoff_s=0.2,
-                        redis_backoff_max_s=0.4)
+                        redis_backoff_max_s=0.4, local_cache_size=0)
     user, item = fake_run.user_ids[1], fake_run.item_ids[2]
     with live.client() as c:
         assert c.get(f"/explain/{user}/{item}").json()["cached"] is False
