@@ -126,25 +126,29 @@ def _ms(fn, reps: int = 20) -> float:
     return 1000 * float(np.median(times))
 
 
-def component_times(size: str = "ml100k", batch: int = 2048) -> dict[str, float]:
-    """Forward + backward milliseconds of each part of one training step, MAGNET's
-    parts timed in isolation (leaf inputs), next to LightGCN's whole step."""
+def component_times(size: str = "ml100k") -> dict[str, float]:
+    """Forward + backward milliseconds of each part of one training step at each
+    model's default batch and negatives, MAGNET's parts timed in isolation (leaf
+    inputs), next to LightGCN's whole step."""
     import torch
 
     from model import build
     from offline.config import load_config
 
     ds = load_dataset_for(size)
-    rng = np.random.default_rng(0)
-    rows = rng.integers(0, len(ds.train), batch)
-    users, pos = torch.as_tensor(ds.train[rows, 0]), torch.as_tensor(ds.train[rows, 1])
-    neg = torch.as_tensor(rng.integers(0, ds.n_items, batch))
     out: dict[str, float] = {}
     for name in MODELS:
-        model = build(name, ds.n_users, ds.n_items, ds.train, ds.features,
-                      load_config(None, [], model=name, progress=False).model_section())
+        cfg = load_config(None, [], model=name, progress=False)
+        model = build(name, ds.n_users, ds.n_items, ds.train, ds.features, cfg.model_section())
+        batch = cfg.train_batch_size(len(ds.train))
+        rng = np.random.default_rng(0)
+        rows = rng.integers(0, len(ds.train), batch)
+        users, pos = torch.as_tensor(ds.train[rows, 0]), torch.as_tensor(ds.train[rows, 1])
+        neg = torch.as_tensor(rng.integers(0, ds.n_items, (batch, model.n_negatives)).squeeze(1))
         model.train()
-        out[f"{name}: whole step (loss, backward)"] = _ms(lambda: model.loss(users, pos, neg)[0].backward())
+        out[f"{name}: whole step (loss, backward), batch {batch}"] = _ms(
+            lambda: model.loss(users, pos, neg)[0].backward())
+        out[f"{name}: steps per epoch"] = float(-(-len(ds.train) // batch))
     m = model  # MAGNET
     adj, bip, parts = m._graphs(True)
     x = torch.cat([m.user_emb, m.item_emb]).detach().requires_grad_()
@@ -156,7 +160,7 @@ def component_times(size: str = "ml100k", batch: int = 2048) -> dict[str, float]
     r = m.representations(True)
     leaf = {k: ([t.detach().requires_grad_() for t in v] if isinstance(v, list) else v.detach().requires_grad_())
             for k, v in r.items()}
-    uu, ii = torch.unique(users), torch.unique(torch.cat([pos, neg]))
+    uu, ii = torch.unique(users), torch.unique(torch.cat([pos, neg.reshape(-1)]))
     for side, idx, router in (("users", uu, m.user_router), ("items", ii, m.item_router)):
         c, p = leaf[f"c_{side[0]}"], leaf[f"p_{side[0]}"]
 
@@ -236,12 +240,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write results as JSON")
     parser.add_argument("--plot", type=Path, help="write a PNG plot")
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs per run")
+    parser.add_argument("--sizes", help="comma-separated sizes to run instead (interaction counts and/or ml100k)")
     parser.add_argument("--profile", nargs=2, metavar=("MODEL", "SIZE"), help="per-part step times, then the profiler table of one epoch of MODEL")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile:
         for part, ms in component_times(args.profile[1]).items():
-            print(f"{part:55s} {ms:8.2f} ms")
+            print(f"{part:60s} {ms:8.2f}" + ("" if "steps" in part else " ms"))
         print(profile_one(args.profile[0], args.profile[1]))
         return
     if args.one:
@@ -249,9 +254,11 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sizes = ["10000", "100000"] if args.quick else ["10000", "100000", "1000000"]
-    if ML100K.exists():
+    if args.sizes:
+        sizes = [s.strip() for s in args.sizes.split(",") if s.strip() and s.strip() != "ml100k"]
+    if ML100K.exists() and (not args.sizes or "ml100k" in args.sizes.split(",")):
         sizes.append("ml100k")
-    else:
+    elif not ML100K.exists():
         log.warning("%s not found: skipping the ml100k row (it needs ../shared beside the repo)", ML100K)
     epochs = args.epochs or (1 if args.quick else 3)
     started = time.time()

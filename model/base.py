@@ -15,6 +15,7 @@ class Recommender(torch.nn.Module):
     """
 
     experts: list[dict] = []
+    n_negatives: int = 1  # negatives the trainer draws per positive; neg is [B] when 1, else [B, n]
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -48,6 +49,28 @@ class Recommender(torch.nn.Module):
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     """-log sigmoid(s_pos - s_neg), averaged; softplus form is the stable one."""
     return torch.nn.functional.softplus(neg_scores - pos_scores).mean()
+
+
+def ranking_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor, kind: str = "bpr", temperature: float = 1.0) -> torch.Tensor:
+    """The pairwise loss over one positive [B] and n sampled negatives [B] or [B, n].
+
+    - ``bpr``: BPR averaged over the negatives;
+    - ``hard``: BPR on the highest-scoring negative of each row (dynamic negative
+      sampling, Zhang et al. 2013): uniform negatives become trivially easy within a
+      few epochs on dense data, the hardest of n still teaches;
+    - ``softmax``: sampled softmax, cross-entropy of the positive against its
+      negatives at `temperature`.
+    """
+    neg = neg_scores.reshape(len(pos_scores), -1)
+    if kind == "bpr":
+        return torch.nn.functional.softplus(neg - pos_scores[:, None]).mean()
+    if kind == "hard":
+        hardest = neg.gather(1, neg.detach().argmax(1, keepdim=True)).squeeze(1)
+        return bpr_loss(pos_scores, hardest)
+    if kind == "softmax":
+        logits = torch.cat([pos_scores[:, None], neg], dim=1) / temperature
+        return torch.nn.functional.cross_entropy(logits, logits.new_zeros(len(logits), dtype=torch.long))
+    raise ValueError(f"unknown ranking loss {kind!r}; choose bpr, hard or softmax")
 
 
 def emb_norm_reg(*embeddings: torch.Tensor) -> torch.Tensor:

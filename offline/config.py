@@ -27,7 +27,7 @@ class TrainConfig(BaseModel):
     model: ModelName = "magnet"
     epochs: int = Field(200, ge=0, description="upper bound on training epochs")
     patience: int = Field(20, ge=1, description="evaluations without a better valid recall@20 before stopping")
-    batch_size: int = Field(2048, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="training rows per step; None takes the model's default")
     lr: float | None = Field(None, gt=0, description="Adam learning rate; None takes the model's default")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -53,6 +53,16 @@ class TrainConfig(BaseModel):
     def model_section(self) -> BaseModel | None:
         """The nested settings of the chosen model (None for popularity)."""
         return getattr(self, self.model, None)
+
+    def train_batch_size(self, n_train: int) -> int:
+        """Explicit batch_size, else the model section's own default (MMRec's 2048),
+        lowered on small data so an epoch still takes `min_steps_per_epoch` steps."""
+        if self.batch_size is not None:
+            return self.batch_size
+        section = self.model_section()
+        size = int(getattr(section, "batch_size", 2048))
+        min_steps = int(getattr(section, "min_steps_per_epoch", 1))
+        return max(1, min(size, -(-n_train // min_steps)))
 
     def learning_rate(self) -> float:
         """Explicit lr, else the model section's own default."""

@@ -73,7 +73,10 @@ class NegativeSampler:
         pos = np.minimum(pos, len(self.known) - 1)
         return self.known[pos] == keys
 
-    def sample(self, users: np.ndarray) -> np.ndarray:
+    def sample(self, users: np.ndarray, n: int = 1) -> np.ndarray:
+        """One negative per user row ([N]), or n of them ([N, n]) when n > 1."""
+        if n > 1:
+            return self.sample(np.repeat(users, n)).reshape(len(users), n)
         items = self.rng.integers(0, self.n_items, size=len(users))
         for _ in range(100):  # a user who saw nearly every item just keeps the last draw
             bad = np.flatnonzero(self._seen(users, items))
@@ -184,12 +187,15 @@ def _train_epoch(
     perm = np.random.default_rng(cfg.seed * 100_003 + epoch).permutation(len(ds.train))
     users_all = ds.train[perm, 0]
     pos_all = ds.train[perm, 1]
-    neg_all = sampler.sample(users_all)  # same draw on every rank (same seed stream)
+    loss_module = wrapped.module if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) else wrapped
+    # same draw on every rank (same seed stream)
+    neg_all = sampler.sample(users_all, loss_module.model.n_negatives)
     use_amp = device.type == "cuda" and cfg.mixed_precision
     sums: dict[str, float] = {}
     n_batches = 0
-    for start in range(0, len(perm), cfg.batch_size):
-        stop = min(start + cfg.batch_size, len(perm))
+    batch_size = cfg.train_batch_size(len(perm))
+    for start in range(0, len(perm), batch_size):
+        stop = min(start + batch_size, len(perm))
         shard = slice(start + info.rank, stop, info.world_size)
         users = torch.as_tensor(users_all[shard], device=device)
         pos = torch.as_tensor(pos_all[shard], device=device)

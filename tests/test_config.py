@@ -49,3 +49,11 @@ def test_bad_yaml_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_batch_size_defaults_to_the_models_and_shrinks_on_small_data():
+    cfg = load_config(None, [], model="magnet")
+    assert cfg.train_batch_size(1_000_000) == cfg.magnet.batch_size
+    assert cfg.train_batch_size(16_000) == 2000  # 8 steps per epoch at least
+    assert load_config(None, ["batch_size=300"], model="magnet").train_batch_size(16_000) == 300
+    assert load_config(None, [], model="lightgcn").train_batch_size(16_000) == 2048

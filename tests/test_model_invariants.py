@@ -387,3 +387,24 @@ def test_degree_sensitive_pruning_keeps_a_subset() -> None:
     assert len(np.unique(kept, axis=0)) == len(kept)
     assert set(map(tuple, kept)) <= set(map(tuple, unique))
     assert math.isclose(len(degree_sensitive_prune(edges, N_USERS, N_ITEMS, 0.0, torch.Generator())), len(unique))
+
+
+@pytest.mark.parametrize("kind", ["softmax", "bpr", "hard"])
+def test_loss_with_several_negatives_scores_the_right_rows(kind: str) -> None:
+    """The batch's unique/gather bookkeeping maps every (user, negative j) to its own
+    score: the loss equals the ranking loss computed from the full embeddings."""
+    from model.base import ranking_loss
+
+    model = _model(loss=kind, negatives=3, routing_reg=False, reg_weight=0.0)
+    _train_a_little(model)
+    model.eval()  # full graph, no router noise: deterministic
+    gen = torch.Generator().manual_seed(5)
+    users = torch.randint(0, N_USERS, (16,), generator=gen)
+    pos = torch.randint(0, N_ITEMS, (16,), generator=gen)
+    neg = torch.randint(0, N_ITEMS, (16, 3), generator=gen)
+    with torch.no_grad():
+        loss, _ = model.loss(users, pos, neg)
+        out = model.forward_all(train=False)
+        e_u, e_i = out["users"]["emb"][users], out["items"]["emb"]
+        expected = ranking_loss((e_u * e_i[pos]).sum(1), torch.einsum("bd,bnd->bn", e_u, e_i[neg]), kind)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)

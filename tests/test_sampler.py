@@ -23,3 +23,11 @@ def test_same_seed_same_negatives():
     b = NegativeSampler(train, 50, seed=3).sample(users)
     c = NegativeSampler(train, 50, seed=4).sample(users)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_several_negatives_per_row_keep_the_shape_and_avoid_training_items():
+    train = np.array([[0, 0], [0, 1], [1, 2]])
+    users = np.array([0, 1, 0, 1])
+    neg = NegativeSampler(train, 6, seed=0).sample(users, n=5)
+    assert neg.shape == (4, 5)
+    assert not np.isin(neg[users == 0], [0, 1]).any() and not (neg[users == 1] == 2).any()

@@ -4,6 +4,8 @@ work without tuning; see docs/model.md for the measurements."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -13,8 +15,18 @@ class MagnetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # optimisation -------------------------------------------------------------
-    lr: float = Field(5e-3, gt=0, description="Adam learning rate (the trainer's default for this model)")
+    batch_size: int = Field(8192, ge=1, description="training rows per step (the trainer's default for this model)")
+    min_steps_per_epoch: int = Field(
+        8, ge=1, description="on small data the default batch shrinks so an epoch still has this many steps"
+    )
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate (the trainer's default for this model)")
     reg_weight: float = Field(1e-3, ge=0, description="MMRec EmbLoss weight on the batch's ID (layer-0) embeddings")
+    negatives: int = Field(8, ge=1, description="uniform negatives drawn per positive (outside the user's items)")
+    loss: Literal["bpr", "hard", "softmax"] = Field(
+        "softmax", description="bpr: BPR averaged over the negatives; hard: BPR on the highest-scoring of them "
+        "(dynamic negative sampling); softmax: sampled softmax over positive + negatives"
+    )
+    softmax_temperature: float = Field(1.0, gt=0, description="temperature of the softmax loss")
     ema_decay: float = Field(
         0.99, ge=0, lt=1, description="serving/evaluation use an exponential moving average of the weights "
         "(per training step, warmed up); 0 uses the raw weights. The content MLPs make single-epoch "

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.base import Recommender, bpr_loss, emb_norm_reg
+from model.base import Recommender, bpr_loss, emb_norm_reg, ranking_loss
 from model.graph import normalized_bipartite, unique_pairs
 from model.magnet.config import MagnetConfig
 from model.magnet.encoders import AugmentedView, GatedFusion, InteractionView, ModalityEncoder
@@ -50,6 +50,7 @@ class MAGNET(Recommender):
             if x.ndim != 2 or x.shape[0] != n_items:
                 raise ValueError(f"features[{name!r}] has shape {x.shape}, expected [{n_items}, d]")
         self.n_users, self.n_items, self.cfg = n_users, n_items, cfg
+        self.n_negatives = cfg.negatives
         self.modalities = sorted(features)
         self.train_edges = unique_pairs(train_edges, n_items)
         feats = {m: torch.as_tensor(np.asarray(features[m]), dtype=torch.float32) for m in self.modalities}
@@ -219,25 +220,27 @@ class MAGNET(Recommender):
         # Graphs propagate over everyone; experts and routers run once per distinct
         # user/item of the batch, and the batch's rows are gathered from those.
         r = self.representations(train=self.training)
-        items = torch.cat([pos, neg])
+        neg = neg.reshape(len(pos), -1)
+        items = torch.cat([pos, neg.reshape(-1)])
         uniq_u, inv_u = torch.unique(users, return_inverse=True)
         uniq_i, inv_i = torch.unique(items, return_inverse=True)
         mixed_u = self.mix(r["c_u"][uniq_u], [p[uniq_u] for p in r["p_u"]], r["ref"], self.user_router, self.training)
         mixed_i = self.mix(r["c_i"][uniq_i], [p[uniq_i] for p in r["p_i"]], r["ref"], self.item_router, self.training)
         u = {k: mixed_u[k][inv_u] for k in ("emb", "q")}
         it = {k: mixed_i[k][inv_i] for k in ("emb", "q")}
-        e_pos, e_neg = it["emb"].split(len(pos))
-        bpr = bpr_loss((u["emb"] * e_pos).sum(1), (u["emb"] * e_neg).sum(1))
-        reg = emb_norm_reg(self.user_emb[users], self.item_emb[pos], self.item_emb[neg])
+        e_pos, e_neg = it["emb"].split([len(pos), neg.numel()])
+        s_neg = torch.einsum("bd,bnd->bn", u["emb"], e_neg.reshape(len(pos), -1, e_neg.shape[1]))
+        bpr = ranking_loss((u["emb"] * e_pos).sum(1), s_neg, self.cfg.loss, self.cfg.softmax_temperature)
+        reg = emb_norm_reg(self.user_emb[users], self.item_emb[pos], self.item_emb[neg[:, 0]])
         total = bpr + self.cfg.reg_weight * reg
         logs = {"bpr": float(bpr.detach())}
         if self.cfg.content_loss_weight > 0:
             cu = r["c_u"][users]
-            content = sum(bpr_loss((cu * p[pos]).sum(1), (cu * p[neg]).sum(1)) for p in r["p_i"]) / len(r["p_i"])
+            content = sum(bpr_loss((cu * p[pos]).sum(1), (cu * p[neg[:, 0]]).sum(1)) for p in r["p_i"]) / len(r["p_i"])
             total = total + self.cfg.content_loss_weight * content
             logs["content_bpr"] = float(content.detach())
         if self.expert_bank is not None:
-            q_items, q_users = it["q"], u["q"]
+            q_items, q_users = it["q"][: 2 * len(pos)], u["q"]
             with torch.no_grad():
                 cov, smp = float(coverage_entropy(q_items)), float(sample_entropy(q_items))
             self.monitor.observe(cov, smp)
