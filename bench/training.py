@@ -144,7 +144,8 @@ def component_times(size: str = "ml100k") -> dict[str, float]:
         rng = np.random.default_rng(0)
         rows = rng.integers(0, len(ds.train), batch)
         users, pos = torch.as_tensor(ds.train[rows, 0]), torch.as_tensor(ds.train[rows, 1])
-        neg = torch.as_tensor(rng.integers(0, ds.n_items, (batch, model.n_negatives)).squeeze(1))
+        neg = torch.as_tensor(rng.integers(0, ds.n_items, (batch, model.n_negatives)))
+        neg = neg[:, 0] if model.n_negatives == 1 else neg
         model.train()
         out[f"{name}: whole step (loss, backward), batch {batch}"] = _ms(
             lambda: model.loss(users, pos, neg)[0].backward())

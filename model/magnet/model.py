@@ -218,29 +218,28 @@ class MAGNET(Recommender):
         if self.training:
             self._ema_update()  # the previous step's weights
         # Graphs propagate over everyone; experts and routers run once per distinct
-        # user/item of the batch, and the batch's rows are gathered from those.
+        # user/item of the batch, and the batch's scores are gathered from those.
         r = self.representations(train=self.training)
         neg = neg.reshape(len(pos), -1)
-        items = torch.cat([pos, neg.reshape(-1)])
         uniq_u, inv_u = torch.unique(users, return_inverse=True)
-        uniq_i, inv_i = torch.unique(items, return_inverse=True)
+        uniq_i, inv_i = torch.unique(torch.cat([pos, neg.reshape(-1)]), return_inverse=True)
         mixed_u = self.mix(r["c_u"][uniq_u], [p[uniq_u] for p in r["p_u"]], r["ref"], self.user_router, self.training)
         mixed_i = self.mix(r["c_i"][uniq_i], [p[uniq_i] for p in r["p_i"]], r["ref"], self.item_router, self.training)
-        u = {k: mixed_u[k][inv_u] for k in ("emb", "q")}
-        it = {k: mixed_i[k][inv_i] for k in ("emb", "q")}
-        e_pos, e_neg = it["emb"].split([len(pos), neg.numel()])
-        s_neg = torch.einsum("bd,bnd->bn", u["emb"], e_neg.reshape(len(pos), -1, e_neg.shape[1]))
-        bpr = ranking_loss((u["emb"] * e_pos).sum(1), s_neg, self.cfg.loss, self.cfg.softmax_temperature)
+        e_u, e_i = mixed_u["emb"][inv_u], mixed_i["emb"]
+        e_pos, e_neg = e_i[inv_i[: len(pos)]], e_i[inv_i[len(pos) :].reshape(neg.shape)]
+        s_neg = torch.einsum("bd,bnd->bn", e_u, e_neg)
+        rank = ranking_loss((e_u * e_pos).sum(1), s_neg, self.cfg.loss, self.cfg.softmax_temperature)
         reg = emb_norm_reg(self.user_emb[users], self.item_emb[pos], self.item_emb[neg[:, 0]])
-        total = bpr + self.cfg.reg_weight * reg
-        logs = {"bpr": float(bpr.detach())}
+        total = rank + self.cfg.reg_weight * reg
+        logs = {"rank_loss": float(rank.detach())}
         if self.cfg.content_loss_weight > 0:
             cu = r["c_u"][users]
             content = sum(bpr_loss((cu * p[pos]).sum(1), (cu * p[neg[:, 0]]).sum(1)) for p in r["p_i"]) / len(r["p_i"])
             total = total + self.cfg.content_loss_weight * content
             logs["content_bpr"] = float(content.detach())
         if self.expert_bank is not None:
-            q_items, q_users = it["q"][: 2 * len(pos)], u["q"]
+            # the positives and as many negatives (the first B of the flattened [B, n]), as with one negative
+            q_items, q_users = mixed_i["q"][inv_i[: 2 * len(pos)]], mixed_u["q"][inv_u]
             with torch.no_grad():
                 cov, smp = float(coverage_entropy(q_items)), float(sample_entropy(q_items))
             self.monitor.observe(cov, smp)
