@@ -72,4 +72,3 @@ def test_direct_csr_bipartite_matches_the_coo_route_with_duplicates_and_isolated
     u, i = pairs[0]
     assert raised.to_dense()[u, n_users + i].item() == pytest.approx(1 / np.sqrt(deg[u] * deg[n_users + i]))
     assert inv_sqrt[n_users + 8].item() == pytest.approx(1 / np.sqrt(2.0))
-
