@@ -63,7 +63,7 @@ def ranking_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor, kind: str =
     """
     neg = neg_scores.reshape(len(pos_scores), -1)
     if kind == "bpr":
-        return torch.nn.functional.softplus(neg - pos_scores[:, None]).mean()
+        return bpr_loss(pos_scores[:, None], neg)
     if kind == "hard":
         hardest = neg.gather(1, neg.detach().argmax(1, keepdim=True)).squeeze(1)
         return bpr_loss(pos_scores, hardest)
