@@ -73,7 +73,44 @@ def ranking_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor, kind: str =
     raise ValueError(f"unknown ranking loss {kind!r}; choose bpr, hard or softmax")
 
 
-def emb_norm_reg(*embeddings: torch.Tensor) -> torch.Tensor:
-    """MMRec's EmbLoss: sum of the batch matrices' Frobenius norms / batch size."""
-    total = sum(torch.linalg.norm(e) for e in embeddings)
-    return total / embeddings[-1].shape[0]
+def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[index] for an integer index of any shape, as index_select: its backward is an
+    index_add_, about 7x faster on the CPU than the accumulating index_put_ that plain
+    indexing's backward runs (measured on MAGNET's batch gathers; bench/training.py)."""
+    return x.index_select(0, index.reshape(-1)).reshape(*index.shape, *x.shape[1:])
+
+
+def unique_ids(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.unique(ids, return_inverse=True) for ids in [0, n), by marking a length-n
+    table instead of sorting: O(n + len(ids)), ~5x faster on a batch's item ids."""
+    seen = torch.zeros(n, dtype=torch.bool, device=ids.device)
+    seen[ids] = True
+    rank = torch.cumsum(seen, 0) - 1
+    return torch.nonzero(seen).squeeze(1), rank[ids]
+
+
+def pair_scores(e_u: torch.Tensor, e_i: torch.Tensor, user_index: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
+    """s[b, j] = e_u[user_index[b]] . e_i[item_index[b, j]].
+
+    When the rows are few enough that every user x item score takes no more memory
+    than gathering the item rows would ([U, I] <= [B, n, d]; a batch's distinct rows on
+    small catalogues), it computes that score matrix with one matmul and picks scalars
+    from it: forward and backward are ~4x faster than per-row products."""
+    n_items, dim = e_i.shape
+    if e_u.shape[0] * n_items <= item_index.numel() * dim:
+        flat = (user_index.reshape(-1, 1) * n_items + item_index).reshape(-1)
+        return (e_u @ e_i.T).reshape(-1).index_select(0, flat).reshape(item_index.shape)
+    return (take_rows(e_i, item_index) * take_rows(e_u, user_index).unsqueeze(1)).sum(-1)
+
+
+def emb_norm_reg(*rows: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """MMRec's EmbLoss: sum of the batch matrices' Frobenius norms / batch size, for
+    batch matrices given as (table, index) = table[index]."""
+    return sum(gathered_norm(table, index) for table, index in rows) / rows[-1][1].numel()
+
+
+def gathered_norm(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """||table[index]||_F without gathering: sqrt(sum_j count_j ||table_j||^2). The
+    gather and its scatter-back cost ~8x more than the table's squared row norms."""
+    counts = torch.bincount(index.reshape(-1), minlength=table.shape[0]).to(table.dtype)
+    return (counts * table.pow(2).sum(1)).sum().clamp_min(1e-30).sqrt()

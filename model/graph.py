@@ -26,7 +26,10 @@ def unique_pairs(pairs: np.ndarray, n_items: int) -> np.ndarray:
     """Distinct (user, item) rows sorted by user then item (a 1-D key sort: much
     faster than np.unique(axis=0) on every epoch's resampled graph)."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    keys = np.unique(pairs[:, 0] * max(n_items, 1) + pairs[:, 1])
+    keys = pairs[:, 0] * max(n_items, 1) + pairs[:, 1]
+    if np.all(keys[1:] > keys[:-1]):  # already distinct and sorted (every resampled graph)
+        return pairs
+    keys = np.unique(keys)
     return np.stack([keys // max(n_items, 1), keys % max(n_items, 1)], axis=1)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.base import Recommender, bpr_loss, emb_norm_reg
+from model.base import Recommender, bpr_loss, emb_norm_reg, take_rows
 from model.graph import layer_mean_propagate, normalized_bipartite
 
 
@@ -39,9 +39,9 @@ class LightGCN(Recommender):
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         u_all, i_all = self.propagate()
-        u, p, n = u_all[users], i_all[pos], i_all[neg]
+        u, p, n = take_rows(u_all, users), take_rows(i_all, pos), take_rows(i_all, neg)
         bpr = bpr_loss((u * p).sum(1), (u * n).sum(1))
-        reg = emb_norm_reg(self.user_emb[users], self.item_emb[pos], self.item_emb[neg])
+        reg = emb_norm_reg((self.user_emb, users), (self.item_emb, pos), (self.item_emb, neg))
         return bpr + self.cfg.reg_weight * reg, {"bpr": float(bpr.detach())}
 
     @torch.no_grad()

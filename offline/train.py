@@ -62,12 +62,24 @@ def seed_everything(seed: int) -> None:
 class NegativeSampler:
     """Uniform negatives that are not in the user's training items."""
 
+    # Below this many (user, item) cells membership is a dense boolean lookup (<= 64 MB),
+    # ~10x faster than a binary search over the sorted training keys.
+    DENSE_CELLS = 1 << 26
+
     def __init__(self, train: np.ndarray, n_items: int, seed: int) -> None:
         self.n_items = n_items
-        self.known = np.unique(train[:, 0].astype(np.int64) * n_items + train[:, 1])
+        users, items = train[:, 0].astype(np.int64), train[:, 1].astype(np.int64)
+        self.known = np.unique(users * n_items + items)
+        n_users = int(users.max()) + 1 if len(users) else 0
+        self.dense: np.ndarray | None = None
+        if n_users * n_items <= self.DENSE_CELLS:
+            self.dense = np.zeros((n_users, n_items), dtype=bool)
+            self.dense[users, items] = True
         self.rng = np.random.default_rng(seed)
 
     def _seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if self.dense is not None:
+            return self.dense[users, items]
         keys = users.astype(np.int64) * self.n_items + items
         pos = np.searchsorted(self.known, keys)
         pos = np.minimum(pos, len(self.known) - 1)
@@ -77,12 +89,14 @@ class NegativeSampler:
         """One negative per user row ([N]), or n of them ([N, n]) when n > 1."""
         if n > 1:
             return self.sample(np.repeat(users, n)).reshape(len(users), n)
+        users = np.asarray(users)
         items = self.rng.integers(0, self.n_items, size=len(users))
+        bad = np.flatnonzero(self._seen(users, items))
         for _ in range(100):  # a user who saw nearly every item just keeps the last draw
-            bad = np.flatnonzero(self._seen(users, items))
             if len(bad) == 0:
                 break
             items[bad] = self.rng.integers(0, self.n_items, size=len(bad))
+            bad = bad[self._seen(users[bad], items[bad])]  # only redrawn rows can still be seen
         return items
 
 

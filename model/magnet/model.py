@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.base import Recommender, bpr_loss, emb_norm_reg, ranking_loss
+from model.base import Recommender, bpr_loss, emb_norm_reg, pair_scores, ranking_loss, take_rows, unique_ids
 from model.graph import normalized_bipartite, unique_pairs
 from model.magnet.config import MagnetConfig
 from model.magnet.encoders import AugmentedView, GatedFusion, InteractionView, ModalityEncoder
@@ -221,25 +221,30 @@ class MAGNET(Recommender):
         # user/item of the batch, and the batch's scores are gathered from those.
         r = self.representations(train=self.training)
         neg = neg.reshape(len(pos), -1)
-        uniq_u, inv_u = torch.unique(users, return_inverse=True)
-        uniq_i, inv_i = torch.unique(torch.cat([pos, neg.reshape(-1)]), return_inverse=True)
-        mixed_u = self.mix(r["c_u"][uniq_u], [p[uniq_u] for p in r["p_u"]], r["ref"], self.user_router, self.training)
-        mixed_i = self.mix(r["c_i"][uniq_i], [p[uniq_i] for p in r["p_i"]], r["ref"], self.item_router, self.training)
-        e_u, e_i = mixed_u["emb"][inv_u], mixed_i["emb"]
-        e_pos, e_neg = e_i[inv_i[: len(pos)]], e_i[inv_i[len(pos) :].reshape(neg.shape)]
-        s_neg = torch.einsum("bd,bnd->bn", e_u, e_neg)
-        rank = ranking_loss((e_u * e_pos).sum(1), s_neg, self.cfg.loss, self.cfg.softmax_temperature)
-        reg = emb_norm_reg(self.user_emb[users], self.item_emb[pos], self.item_emb[neg[:, 0]])
+        uniq_u, inv_u = unique_ids(users, self.n_users)
+        uniq_i, inv_i = unique_ids(torch.cat([pos, neg.reshape(-1)]), self.n_items)
+        mixed_u = self.mix(
+            take_rows(r["c_u"], uniq_u), [take_rows(p, uniq_u) for p in r["p_u"]], r["ref"], self.user_router, self.training
+        )
+        mixed_i = self.mix(
+            take_rows(r["c_i"], uniq_i), [take_rows(p, uniq_i) for p in r["p_i"]], r["ref"], self.item_router, self.training
+        )
+        cols = torch.cat([inv_i[: len(pos), None], inv_i[len(pos) :].reshape(neg.shape)], dim=1)  # [B, 1 + n]
+        scores = pair_scores(mixed_u["emb"], mixed_i["emb"], inv_u, cols)
+        rank = ranking_loss(scores[:, 0], scores[:, 1:], self.cfg.loss, self.cfg.softmax_temperature)
+        reg = emb_norm_reg((self.user_emb, users), (self.item_emb, pos), (self.item_emb, neg[:, 0]))
         total = rank + self.cfg.reg_weight * reg
         logs = {"rank_loss": float(rank.detach())}
         if self.cfg.content_loss_weight > 0:
-            cu = r["c_u"][users]
-            content = sum(bpr_loss((cu * p[pos]).sum(1), (cu * p[neg[:, 0]]).sum(1)) for p in r["p_i"]) / len(r["p_i"])
+            cu = take_rows(r["c_u"], users)
+            content = sum(
+                bpr_loss((cu * take_rows(p, pos)).sum(1), (cu * take_rows(p, neg[:, 0])).sum(1)) for p in r["p_i"]
+            ) / len(r["p_i"])
             total = total + self.cfg.content_loss_weight * content
             logs["content_bpr"] = float(content.detach())
         if self.expert_bank is not None:
             # the positives and as many negatives (the first B of the flattened [B, n]), as with one negative
-            q_items, q_users = mixed_i["q"][inv_i[: 2 * len(pos)]], mixed_u["q"][inv_u]
+            q_items, q_users = take_rows(mixed_i["q"], inv_i[: 2 * len(pos)]), take_rows(mixed_u["q"], inv_u)
             with torch.no_grad():
                 cov, smp = float(coverage_entropy(q_items)), float(sample_entropy(q_items))
             self.monitor.observe(cov, smp)
