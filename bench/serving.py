@@ -644,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local-cache-size", type=int,
                    help="MAGNET_LOCAL_CACHE_SIZE with --redis (default: the service's; 0 = every lookup\n"
                         "goes to Redis, no in-process front tier)")
+    p.add_argument("--local-cache-ttl", type=float,
+                   help="MAGNET_LOCAL_CACHE_TTL_S with --redis (default: the service's)")
     p.add_argument("--json", type=Path, help="write results as JSON")
     p.add_argument("--plot", type=Path, help="write a PNG plot (matplotlib Agg)")
     p.add_argument("--markdown", type=Path, help="write the results table as Markdown")
@@ -699,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
                     settings["MAGNET_REDIS_TIMEOUT_S"] = str(a.redis_timeout)
                     if a.local_cache_size is not None:
                         settings["MAGNET_LOCAL_CACHE_SIZE"] = str(a.local_cache_size)
+                    if a.local_cache_ttl is not None:
+                        settings["MAGNET_LOCAL_CACHE_TTL_S"] = str(a.local_cache_ttl)
                 servers[name] = start_server(name, bundle, tmp, settings)
                 procs.append(servers[name].proc)
             if not a.no_floor:
@@ -785,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
                    "explain_pairs": n_pairs, "cache": "redis" if a.redis else "local",
                    "redis_timeout_s": a.redis_timeout if a.redis else None,
                    "local_cache_size": a.local_cache_size if a.redis else None,
+                   "local_cache_ttl_s": a.local_cache_ttl if a.redis else None,
                    "server_settings": {n: s.settings for n, s in servers.items()}, "workers": 1},
         "rows": rows,
         "bars": checks,

@@ -2,9 +2,10 @@
 number of interactions grows (synthetic, 10^4 to 10^6), and on ml100k.
 
 Each (model, size) runs in its own subprocess so peak RSS is that run's alone.
-The bar is a ratio measured in the same run: MAGNET s/epoch / LightGCN s/epoch.
+The bar is a ratio measured in the same run: MAGNET s/epoch / LightGCN s/epoch; with
+--interleave N it is the median over N interleaved epoch pairs in one process.
 
-    python -m bench.training [--quick] [--json OUT] [--plot docs/bench_training.png]
+    python -m bench.training [--quick] [--interleave N] [--json OUT] [--plot docs/bench_training.png]
 """
 
 from __future__ import annotations
@@ -129,7 +130,14 @@ def _ms(fn, reps: int = 20) -> float:
 def component_times(size: str = "ml100k") -> dict[str, float]:
     """Forward + backward milliseconds of each part of one training step at each
     model's default batch and negatives, MAGNET's parts timed in isolation (leaf
-    inputs), next to LightGCN's whole step."""
+    inputs), next to LightGCN's whole step; with the trainer's kernel settings."""
+    from offline.train import _no_onednn
+
+    with _no_onednn():
+        return _component_times(size)
+
+
+def _component_times(size: str) -> dict[str, float]:
     import torch
 
     from model import build
@@ -191,28 +199,55 @@ def profile_one(model_name: str, size: str, rows: int = 25) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def run_all(sizes: list[str], epochs: int) -> list[dict]:
-    rows = []
+def measure_interleaved(size: str, pairs: int) -> dict:
+    """Both models set up in this process, then `pairs` rounds of one LightGCN epoch
+    followed by one MAGNET epoch: each ratio compares epochs a second apart, so the
+    drift of a shared machine (which moved separate runs' ratio between 2.0x and 3.0x
+    within minutes) mostly cancels. The ratio is the median of the pairs' ratios."""
+    epochs = {m: _setup(m, size)[2] for m in MODELS}
+    times: dict[str, list[float]] = {m: [] for m in MODELS}
+    for n in range(1, pairs + 1):
+        for m in MODELS:
+            t = time.perf_counter()
+            epochs[m](n)
+            times[m].append(time.perf_counter() - t)
+    per_pair = [mg / lg for lg, mg in zip(times["lightgcn"], times["magnet"])]
+    return {"size": size, "times": times, "per_pair": per_pair, "ratio": float(np.median(per_pair))}
+
+
+def _subprocess_json(args: list[str], what: str) -> dict | None:
+    proc = subprocess.run([sys.executable, "-m", "bench.training", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        log.error("%s failed: %s", what, proc.stderr.strip().splitlines()[-1:])
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_all(sizes: list[str], epochs: int, interleave: int = 0) -> tuple[list[dict], dict[str, dict]]:
+    """Per size, each model in its own process (s/epoch, peak RSS); the MAGNET /
+    LightGCN ratio comes from those, or with `interleave` > 0 from that many
+    interleaved epoch pairs in a further process (`measure_interleaved`)."""
+    rows: list[dict] = []
+    ratios: dict[str, dict] = {}
     for size in sizes:
-        for model_name in MODELS:
-            cmd = [sys.executable, "-m", "bench.training", "--one", model_name, size, "--epochs", str(epochs)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                log.error("%s at %s failed: %s", model_name, size, proc.stderr.strip().splitlines()[-1:])
-                continue
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-            log.info("%-8s %-8s %.3f s/epoch, peak %.0f MB", model_name, size, row["s_per_epoch"], row["peak_rss_mb"])
-            rows.append(row)
-    return rows
-
-
-def ratios(rows: list[dict]) -> dict[str, float]:
-    by = {(r["model"], r["size"]): r for r in rows}
-    return {
-        size: by[("magnet", size)]["s_per_epoch"] / by[("lightgcn", size)]["s_per_epoch"]
-        for (_, size) in by
-        if ("magnet", size) in by and ("lightgcn", size) in by
-    }
+        got = {}
+        for m in MODELS:
+            row = _subprocess_json(["--one", m, size, "--epochs", str(epochs)], f"{m} at {size}")
+            if row is not None:
+                log.info("%-8s %-8s %.3f s/epoch, peak %.0f MB", m, size, row["s_per_epoch"], row["peak_rss_mb"])
+                rows.append(row)
+                got[m] = row
+        if interleave > 0:
+            pair = _subprocess_json(["--pair", size, "--epochs", str(interleave)], f"interleaved pairs at {size}")
+            if pair is not None:
+                log.info("interleaved %-8s %.2fx (per pair %s)", size, pair["ratio"],
+                         ", ".join(f"{r:.2f}" for r in pair["per_pair"]))
+                ratios[size] = {"ratio": pair["ratio"], "method": f"median of {interleave} interleaved epoch pairs",
+                                "per_pair": pair["per_pair"], "times": pair["times"]}
+        elif len(got) == len(MODELS):
+            ratios[size] = {"ratio": got["magnet"]["s_per_epoch"] / got["lightgcn"]["s_per_epoch"],
+                            "method": "separate runs' median s/epoch"}
+    return rows, ratios
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -241,9 +276,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write results as JSON")
     parser.add_argument("--plot", type=Path, help="write a PNG plot")
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs per run")
+    parser.add_argument("--interleave", type=int, default=0, metavar="N",
+                        help="also run N interleaved (LightGCN epoch, MAGNET epoch) pairs in one process per size; "
+                        "the ratio is then the median of the pairs' ratios (robust to a shared machine's drift)")
     parser.add_argument("--sizes", help="comma-separated sizes to run instead (interaction counts and/or ml100k)")
     parser.add_argument("--profile", nargs=2, metavar=("MODEL", "SIZE"), help="per-part step times, then the profiler table of one epoch of MODEL")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--pair", metavar="SIZE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile:
         for part, ms in component_times(args.profile[1]).items():
@@ -252,6 +291,9 @@ def main() -> None:
         return
     if args.one:
         print(json.dumps(measure_one(args.one[0], args.one[1], args.epochs or 2)))
+        return
+    if args.pair:
+        print(json.dumps(measure_interleaved(args.pair, args.epochs or 5)))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sizes = ["10000", "100000"] if args.quick else ["10000", "100000", "1000000"]
@@ -263,21 +305,24 @@ def main() -> None:
         log.warning("%s not found: skipping the ml100k row (it needs ../shared beside the repo)", ML100K)
     epochs = args.epochs or (1 if args.quick else 3)
     started = time.time()
-    rows = run_all(sizes, epochs)
+    rows, ratios = run_all(sizes, epochs, args.interleave)
     result = {
         "benchmark": "training",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "cpus": __import__("os").cpu_count(),
         "epochs_timed": epochs,
         "rows": rows,
-        "magnet_over_lightgcn": ratios(rows),
+        "interleaved_pairs": args.interleave,
+        "magnet_over_lightgcn": {size: r["ratio"] for size, r in ratios.items()},
+        "ratio_detail": ratios,
         "wall_s": time.time() - started,
     }
     print(f"{'model':9s} {'size':>8s} {'train rows':>10s} {'s/epoch':>8s} {'peak MB':>8s}")
     for r in rows:
         print(f"{r['model']:9s} {r['size']:>8s} {r['n_train']:>10d} {r['s_per_epoch']:>8.3f} {r['peak_rss_mb']:>8.0f}")
-    for size, ratio in result["magnet_over_lightgcn"].items():
-        print(f"MAGNET / LightGCN s/epoch at {size}: {ratio:.2f}x")
+    for size, r in ratios.items():
+        pairs = " (per pair: " + ", ".join(f"{x:.2f}" for x in r["per_pair"]) + ")" if "per_pair" in r else ""
+        print(f"MAGNET / LightGCN s/epoch at {size}: {r['ratio']:.2f}x, {r['method']}{pairs}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     if args.plot:

@@ -1,6 +1,6 @@
 """Response cache: Redis when MAGNET_REDIS_URL is set, an in-process LRU otherwise.
 
-With Redis, a small short-lived in-process LRU sits in front of it by default
+With Redis, a small in-process LRU sits in front of it by default
 (MAGNET_LOCAL_CACHE_SIZE entries for MAGNET_LOCAL_CACHE_TTL_S seconds; size 0 turns
 it off): a redis-py asyncio round trip costs ~150-190 us of CPU, more than the rest
 of a cached request, so hot keys are answered from process memory instead.

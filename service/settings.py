@@ -34,8 +34,9 @@ class Settings(BaseSettings):
         "(0 = off, every lookup goes to Redis); a front-tier hit costs no Redis round trip"
     )
     local_cache_ttl_s: float = Field(
-        5.0, gt=0, description="with Redis: seconds an entry stays in the in-process front tier (capped at "
-        "MAGNET_CACHE_TTL_S); short, so the front tier holds only what is hot right now"
+        60.0, gt=0, description="with Redis: seconds an entry stays in the in-process front tier (capped at "
+        "MAGNET_CACHE_TTL_S); bodies are a pure function of (model version, key), so a copy that outlives its "
+        "Redis entry is still right: the TTL only bounds how long a quiet key holds memory the LRU has not reclaimed"
     )
     redis_timeout_s: float = Field(0.05, gt=0, description="socket connect/read timeout per Redis call")
     redis_backoff_s: float = Field(1.0, gt=0, description="first pause before retrying Redis after an error")

@@ -78,3 +78,12 @@ def test_unique_ids_match_torch_unique():
     assert torch.equal(uniq[inverse], ids)
     expected = torch.unique(ids, return_inverse=True)
     assert torch.equal(uniq, expected[0]) and torch.equal(inverse, expected[1])
+
+
+def test_training_steps_run_without_onednn_and_restore_the_flag():
+    from offline.train import _no_onednn
+
+    before = torch.backends.mkldnn.enabled
+    with _no_onednn():
+        assert torch.backends.mkldnn.enabled is False
+    assert torch.backends.mkldnn.enabled == before

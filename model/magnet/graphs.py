@@ -12,24 +12,10 @@ mixture differentiable without rebuilding a sparse matrix per step.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
-from model.graph import bipartite_csr, sym_normalize, unique_pairs
-
-
-def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    with warnings.catch_warnings():  # CSR is "beta" in torch but stable for sparse.mm
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, size)
-
-
-def _to_csr(coo: torch.Tensor) -> torch.Tensor:
-    with warnings.catch_warnings():  # CSR is "beta" in torch but stable for sparse.mm
-        warnings.simplefilter("ignore", UserWarning)
-        return coo.coalesce().to_sparse_csr()
+from model.graph import bipartite_csr, csr, sym_normalize, to_csr, unique_pairs
 
 
 def knn_edges(features: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
@@ -73,9 +59,9 @@ def augmented_parts(
     parts = []
     for s in knn:  # same sparsity as S^m, values rescaled: no re-sorting
         crow, col = s.crow_indices(), s.col_indices()
-        row = torch.repeat_interleave(torch.arange(n_items), crow.diff())
+        row = torch.repeat_interleave(torch.arange(n_items), crow.diff().long())
         scaled = content_weight * item_scale[row] * s.values() * item_scale[col]
-        parts.append(_csr(crow, col, scaled, (n_items, n_items)))
+        parts.append(csr(crow, col, scaled, (n_items, n_items)))
     return bipartite, parts
 
 
@@ -88,12 +74,12 @@ def user_mean_operator(train_edges: np.ndarray, n_users: int, n_items: int) -> t
     counts = torch.bincount(users, minlength=n_users).float().clamp(min=1)
     values = 1.0 / counts[users]
     index = torch.stack([users, items])
-    return _to_csr(torch.sparse_coo_tensor(index, values, (n_users, n_items), check_invariants=False))
+    return to_csr(torch.sparse_coo_tensor(index, values, (n_users, n_items), check_invariants=False))
 
 
 def transpose_csr(a: torch.Tensor) -> torch.Tensor:
     """a^T as CSR, computed once (for `spmm`'s backward)."""
-    return _to_csr(a.to_sparse_coo().t())
+    return to_csr(a.to_sparse_coo().t())
 
 
 def degree_sensitive_prune(
