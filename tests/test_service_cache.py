@@ -79,6 +79,29 @@ def test_redis_caches_explanations_and_recommendations(start_server, fresh_bundl
             assert single.headers["x-cache"] == "hit"
 
 
+def traffic_while_redis_is_down(c, fake_run, user: str, rounds: int, first_item: int) -> None:
+    """Every cached kind of request, `rounds` times, with Redis dead: all answer 200 and
+    explanations are computed; the metrics show the errors, the bypasses and Redis down."""
+    statuses = []
+    for n in range(rounds):
+        u = fake_run.user_ids[n % 60]
+        responses = [
+            c.get(f"/explain/{u}/{fake_run.item_ids[first_item + n]}"),
+            c.get(f"/recommend/{u}", params={"k": 5}),
+            c.post("/recommend", json={"user_ids": [u, user], "k": 3}),
+        ]
+        statuses += [r.status_code for r in responses]
+        assert responses[0].json()["cached"] is False
+        if n % 10 == 0:
+            time.sleep(0.25)  # let the back-off expire so reconnects are attempted too
+    assert set(statuses) == {200}
+    text = c.get("/metrics").text
+    errors = sum(_metric(text, "magnet_cache_errors_total", backend="redis", op=op) for op in ("get", "set"))
+    assert errors >= 2  # the first failure and at least one failed reconnect after a back-off
+    assert _metric(text, "magnet_cache_bypassed_total", backend="redis", op="get") > 0
+    assert _metric(text, "magnet_cache_up", backend="redis") == 0
+
+
 def test_redis_killed_mid_test_never_fails_a_request(start_server, fresh_bundle, fake_run, redis_server):
     live = start_server(bundle=fresh_bundle, redis_url=redis_server.url, redis_backoff_s=0.2,
                         redis_backoff_max_s=0.4, local_cache_size=0)
@@ -89,26 +112,8 @@ def test_redis_killed_mid_test_never_fails_a_request(start_server, fresh_bundle,
         reference = c.get(f"/recommend/{user}").json()
 
         redis_server.kill()
-        statuses = []
-        for n in range(40):
-            u = fake_run.user_ids[n % 60]
-            responses = [
-                c.get(f"/explain/{u}/{fake_run.item_ids[n]}"),
-                c.get(f"/recommend/{u}", params={"k": 5}),
-                c.post("/recommend", json={"user_ids": [u, user], "k": 3}),
-            ]
-            statuses += [r.status_code for r in responses]
-            assert responses[0].json()["cached"] is False
-            if n % 10 == 0:
-                time.sleep(0.25)  # let the back-off expire so reconnects are attempted too
-        assert set(statuses) == {200}
+        traffic_while_redis_is_down(c, fake_run, user, rounds=40, first_item=0)
         assert c.get(f"/recommend/{user}").json() == reference  # answers unchanged without the cache
-
-        text = c.get("/metrics").text
-        errors = sum(_metric(text, "magnet_cache_errors_total", backend="redis", op=op) for op in ("get", "set"))
-        assert errors >= 2  # the first failure and at least one failed reconnect after a back-off
-        assert _metric(text, "magnet_cache_bypassed_total", backend="redis", op="get") > 0
-        assert _metric(text, "magnet_cache_up", backend="redis") == 0
 
         # Redis returns on the same port: after the back-off the service uses it again.
         redis_server.start()
