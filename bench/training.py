@@ -74,7 +74,7 @@ def _setup(model_name: str, size: str):
 
     from model import build
     from offline.config import load_config
-    from offline.train import DistInfo, NegativeSampler, _LossModule, _train_epoch, seed_everything
+    from offline.train import DistInfo, NegativeSampler, _LossModule, _train_epoch, make_optimizer, seed_everything
 
     ds = load_dataset_for(size)
     cfg = load_config(None, [], model=model_name, progress=False)
@@ -83,7 +83,7 @@ def _setup(model_name: str, size: str):
     model = build(model_name, ds.n_users, ds.n_items, ds.train, ds.features, cfg.model_section())
     setup_s = time.perf_counter() - t0
     wrapped = _LossModule(model)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate())
+    opt = make_optimizer(model, cfg)
     sampler = NegativeSampler(ds.train, ds.n_items, seed=0)
     device = torch.device("cpu")
 

@@ -154,11 +154,23 @@ def encode_meta(
 def _truncated_svd(x: sp.csr_matrix, dim: int, seed: int) -> np.ndarray:
     """U * S of the top ``dim`` components; ARPACK for big matrices, LAPACK for small ones."""
     from sklearn.decomposition import TruncatedSVD
-    from sklearn.utils.extmath import svd_flip
 
     if dim < min(x.shape) - 1 and min(x.shape) > 2 * dim:
-        return TruncatedSVD(dim, algorithm="arpack", random_state=seed).fit_transform(x)
+        svd = TruncatedSVD(dim, algorithm="arpack", random_state=seed)
+        z = svd.fit_transform(x)
+        return z * _component_signs(svd.components_)
     u, s, vt = np.linalg.svd(x.toarray(), full_matrices=False)
     k = min(dim, int((s > s[0] * 1e-10).sum()) if len(s) else 0)
-    u, vt = svd_flip(u[:, :k], vt[:k], u_based_decision=False)
-    return u * s[:k]
+    return u[:, :k] * s[:k] * _component_signs(vt[:k])
+
+
+def _component_signs(vt: np.ndarray) -> np.ndarray:
+    """+-1 per component making its first clearly non-zero token weight (columns are
+    in sorted-token order) positive. An SVD's signs are arbitrary, and the usual
+    rule (largest |weight| positive) flips with rounding noise when two tokens weigh
+    the same, so reordering the items could flip a feature column."""
+    if vt.size == 0:
+        return np.ones(vt.shape[0])
+    clear = np.abs(vt) >= 1e-3 * np.abs(vt).max(axis=1, keepdims=True)
+    first = vt[np.arange(vt.shape[0]), clear.argmax(axis=1)]
+    return np.where(first < 0, -1.0, 1.0)

@@ -59,6 +59,10 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Deterministic mode also fills every new uninitialized tensor with NaN, a debugging
+    # aid that changes no result of code that writes before it reads; it cost ~600
+    # fills a MAGNET step.
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 class NegativeSampler:
@@ -80,8 +84,8 @@ class NegativeSampler:
         self.rng = np.random.default_rng(seed)
 
     def _seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        if self.dense is not None:
-            return self.dense[users, items]
+        if self.dense is not None:  # flat indexing: ~3x faster than the 2-D fancy index
+            return self.dense.reshape(-1)[users * self.n_items + items]
         keys = users.astype(np.int64) * self.n_items + items
         pos = np.searchsorted(self.known, keys)
         pos = np.minimum(pos, len(self.known) - 1)
@@ -203,6 +207,13 @@ def _no_onednn() -> Iterator[None]:
         torch.backends.mkldnn.enabled = enabled
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam at the model's learning rate, as one fused kernel over every parameter:
+    MAGNET has ~30 small tensors, and the per-tensor loop cost 1.0 ms a step on the
+    CPU against 0.27 ms fused (same update rule)."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate(), fused=True)
+
+
 def _train_epoch(
     wrapped: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -265,7 +276,7 @@ def fit(model: Recommender, ds: Dataset, cfg: TrainConfig, device: torch.device)
             device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False,
         )
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate())
+    optimizer = make_optimizer(model, cfg)
     sampler = NegativeSampler(ds.train, ds.n_items, seed=cfg.seed)
     history = History()
     best_state = copy.deepcopy(model.state_dict())
@@ -282,6 +293,7 @@ def fit(model: Recommender, ds: Dataset, cfg: TrainConfig, device: torch.device)
             if info.is_main:
                 model.eval()
                 recall = split_metrics(model, ds, "valid", cfg, device)["recall@20"]
+                routing = {**routing, **model.eval_logs()}
                 history.epochs.append(epoch)
                 history.loss.append(logs.get("loss", float("nan")))
                 history.valid_recall.append(recall)

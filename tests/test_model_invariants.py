@@ -12,7 +12,8 @@ import torch
 from model import build
 from model.graph import spmm
 from model.magnet import MAGNET, MagnetConfig, RoutingMonitor, RoutingRegularizer, TopKRouter
-from model.magnet.graphs import augmented_parts, degree_sensitive_prune, knn_graph, transpose_csr
+from model.magnet.experts import ModalityExperts
+from model.magnet.graphs import augmented_parts, degree_sensitive_prune, knn_graph, transpose_csr, weighted_sample
 from model.magnet.regularizer import coverage_entropy, sample_entropy
 
 N_USERS, N_ITEMS = 30, 40
@@ -131,6 +132,31 @@ def test_gates_have_exactly_k_nonzeros_summing_to_one(top_k: int, expected: int)
     assert np.allclose(gates.sum(1), 1.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("n_modalities,top_k", [(2, 2), (3, 2), (3, 1), (1, 2)])
+def test_sparse_expert_dispatch_equals_the_dense_mixture(n_modalities: int, top_k: int) -> None:
+    """Training runs each row's routed experts only; it must give the dense
+    sum_e g_e x_e and the same gradients for every input and weight."""
+    torch.manual_seed(0)
+    names = [f"m{j}" for j in range(n_modalities)]
+    bank = ModalityExperts(names, 6, 5)
+    router = TopKRouter(6, bank.n_experts, top_k, temperature=1.0, noise_std=1.0)
+    c = torch.randn(50, 6, dtype=torch.float64, requires_grad=True)
+    p = [torch.randn(50, 6, dtype=torch.float64, requires_grad=True) for _ in names]
+    ref = [torch.randn(6, dtype=torch.float64) for _ in names]
+    bank, router = bank.double(), router.double()
+    g, _ = router(c, noise=True)
+    weights = torch.randn(50, 6, dtype=torch.float64)
+    leaves = [c, *p, *bank.parameters(), *router.parameters()]
+    dense = (g.unsqueeze(-1) * bank(c, p, ref)).sum(1)
+    sparse = bank.combine(c, p, ref, g)
+    assert torch.allclose(sparse, dense, atol=1e-12)
+    grads_dense = torch.autograd.grad((dense * weights).sum(), leaves, retain_graph=True, allow_unused=True)
+    grads_sparse = torch.autograd.grad((sparse * weights).sum(), leaves, allow_unused=True)
+    for a, b in zip(grads_dense, grads_sparse):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-12)
+    assert any(a is not None and a.abs().sum() > 0 for a in grads_sparse[len(p) + 1 :])
+
+
 def test_router_keeps_k_nonzeros_even_for_extreme_logits() -> None:
     router = TopKRouter(dim=3, n_experts=5, top_k=2, temperature=0.01, noise_std=0.0)
     c = torch.randn(100, 3) * 1e3
@@ -229,12 +255,21 @@ def test_model_epoch_end_reports_routing() -> None:
     model = _model()
     _train_a_little(model, steps=3)
     out = model.epoch_end(1)
-    for key in ("stage", "coverage_entropy", "sample_entropy", "expert_utilization", "stage_switch_epoch"):
+    for key in ("stage", "coverage_entropy", "sample_entropy", "stage_switch_epoch"):
         assert key in out
-    assert len(out["expert_utilization"]) == 4 and sum(out["expert_utilization"]) == pytest.approx(1.0)
     assert 0 <= out["coverage_entropy"] <= 1 and 0 <= out["sample_entropy"] <= 1
-    assert model.final_utilization() == out["expert_utilization"]
     assert out["stage"] == 1 and out["stage_switch_epoch"] is None
+    # utilization comes with the evaluation: read off embeddings()' routing, equal to a fresh pass
+    model.eval()
+    model.embeddings()
+    util = model.eval_logs()["expert_utilization"]
+    assert len(util) == 4 and sum(util) == pytest.approx(1.0)
+    assert util == model.final_utilization()
+    assert model.eval_logs()["expert_utilization"] == util  # without a fresh embeddings() it runs its own pass
+    model.embeddings()
+    _train_a_little(model, steps=20)  # a training step drops the evaluation's routing: it is stale
+    model.eval()
+    assert model.eval_logs()["expert_utilization"] == model.final_utilization()
 
 
 # ----------------------------------------------------------------- ablations & modalities
@@ -408,3 +443,21 @@ def test_loss_with_several_negatives_scores_the_right_rows(kind: str) -> None:
         e_u, e_i = out["users"]["emb"][users], out["items"]["emb"]
         expected = ranking_loss((e_u * e_i[pos]).sum(1), torch.einsum("bd,bnd->bn", e_u, e_i[neg]), kind)
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_weighted_sample_draws_like_sequential_sampling_without_replacement() -> None:
+    """Two of four indices, weights 1:2:3:4. Drawing one at a time in proportion to the
+    weights left, index i ends up in the pair with probability
+    p_i + sum_{j != i} p_j w_i / (W - w_j); the keys' sample must match that."""
+    w = np.array([1.0, 2.0, 3.0, 4.0])
+    p = w / w.sum()
+    exact = [p[i] + sum(p[j] * w[i] / (w.sum() - w[j]) for j in range(4) if j != i) for i in range(4)]
+    gen = torch.Generator().manual_seed(0)
+    draws = 20_000
+    counts = np.zeros(4)
+    for _ in range(draws):
+        chosen = weighted_sample(w, 2, gen)
+        assert len(set(chosen.tolist())) == 2
+        counts[chosen] += 1
+    assert np.allclose(counts / draws, exact, atol=0.015)  # ~4 standard errors
+    assert sorted(weighted_sample(w, 4, gen).tolist()) == [0, 1, 2, 3]

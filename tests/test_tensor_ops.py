@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.base import emb_norm_reg, gathered_norm, pair_scores, take_rows, unique_ids
+from model.base import dense_pair_scores, emb_norm_reg, gathered_norm, pair_scores, take_rows, unique_ids
 from model.graph import unique_pairs
 
 
@@ -27,18 +27,25 @@ def test_take_rows_is_indexing_with_the_same_gradient():
     assert fast[6].abs().sum() > 0 and fast[1].abs().sum() == 0  # repeated rows accumulate, unused get none
 
 
-@pytest.mark.parametrize("n_users, n_items, rows, cols", [(3, 4, 20, 5), (40, 50, 6, 2)])
-def test_pair_scores_match_per_row_dot_products(n_users: int, n_items: int, rows: int, cols: int):
-    """(3, 4) takes the score-matrix path ([U, I] small), (40, 50) the per-row one."""
+@pytest.mark.parametrize("scores", [pair_scores, dense_pair_scores])
+@pytest.mark.parametrize(
+    "n_users, n_items, rows, cols",
+    # (3, 4, 20, 5): more pairs than cells (the score matrix); (40, 50, 6, 2): per-row
+    # products on the dense side, a sampled matmul on the CPU side
+    [(3, 4, 20, 5), (40, 50, 6, 2), (12, 30, 25, 9), (7, 9, 10, 1)],
+)
+def test_pair_scores_match_per_row_dot_products(scores, n_users: int, n_items: int, rows: int, cols: int):
     gen = torch.Generator().manual_seed(0)
     e_u = torch.randn(n_users, 8, dtype=torch.float64, generator=gen, requires_grad=True)
     e_i = torch.randn(n_items, 8, dtype=torch.float64, generator=gen, requires_grad=True)
     u = torch.randint(0, n_users, (rows,), generator=gen)
     i = torch.randint(0, n_items, (rows, cols), generator=gen)
+    i[:, -1] = i[:, 0]  # a repeated pair in every row: the gradients must add up
+    u[-1] = u[0]  # and a repeated user
     weights = torch.randn(rows, cols, dtype=torch.float64, generator=gen)
     expected = torch.stack([torch.stack([e_u[u[b]] @ e_i[i[b, j]] for j in range(cols)]) for b in range(rows)])
-    assert torch.allclose(pair_scores(e_u, e_i, u, i), expected)
-    fast = _grads(lambda: (pair_scores(e_u, e_i, u, i) * weights).sum(), e_u, e_i)
+    assert torch.allclose(scores(e_u, e_i, u, i), expected)
+    fast = _grads(lambda: (scores(e_u, e_i, u, i) * weights).sum(), e_u, e_i)
     plain = _grads(lambda: (torch.einsum("bd,bnd->bn", e_u[u], e_i[i]) * weights).sum(), e_u, e_i)
     assert all(torch.allclose(a, b) for a, b in zip(fast, plain))
 

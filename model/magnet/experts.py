@@ -22,6 +22,8 @@ from itertools import combinations
 import torch
 from torch import Tensor, nn
 
+from model.base import take_rows
+
 
 class ExpertMLP(nn.Module):
     """The template f(z) = W2 act(W1 z + b1), reported as f(z) - f(z_0).
@@ -82,12 +84,45 @@ class ModalityExperts(nn.Module):
 
     def forward(self, c: Tensor, p: list[Tensor], p_ref: list[Tensor]) -> Tensor:
         """x [B, E, d] for rows c [B, d], p^m [B, d]; p_ref^m [d] is the reference content."""
+        return torch.stack([f(*self._inputs(e, c, p, p_ref)) for e, f in enumerate(self._templates())], dim=1)
+
+    def combine(self, c: Tensor, p: list[Tensor], p_ref: list[Tensor], gates: Tensor) -> Tensor:
+        """sum_e g_e x_e [B, d], running each expert only on the rows that route to it.
+
+        Equal to (gates[..., None] * forward(c, p, p_ref)).sum(1) for sparse gates, in
+        about k/E of the work: with top-k routing an unselected expert's output is
+        multiplied by an exact zero and gets no gradient, so training skips it (the
+        standard sparse mixture-of-experts dispatch; export keeps every expert for the
+        explanations)."""
+        out = torch.zeros_like(c)
+        for e, (f, used) in enumerate(zip(self._templates(), self._uses())):
+            rows = torch.nonzero(gates[:, e]).squeeze(1)
+            if rows.numel() == 0:
+                continue
+            p_rows = [take_rows(pm, rows) if m in used else pm for m, pm in enumerate(p)]  # only what e reads
+            x = f(*self._inputs(e, take_rows(c, rows), p_rows, p_ref))
+            out = out.index_add(0, rows, take_rows(gates[:, e], rows).unsqueeze(1) * x)
+        return out
+
+    def _uses(self) -> list[set[int]]:
+        """The modalities each expert reads, in output order."""
+        every = set(range(len(self.modalities)))
+        return [{m} for m in range(len(self.modalities))] + [every] + [set(pair) for pair in self.pairs]
+
+    def _templates(self) -> list[ExpertMLP]:
+        """The expert MLPs in output order (dominant per modality, balanced, pairs)."""
+        return [*self.dominant, self.balanced, *self.complementary]
+
+    def _inputs(self, e: int, c: Tensor, p: list[Tensor], p_ref: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(content, reference content [1, .], anchor) of expert e for rows c, p^m."""
         ref = [r.reshape(1, -1) for r in p_ref]
-        out = [f(pm, rm, c) for f, pm, rm in zip(self.dominant, p, ref)]
-        out.append(self.balanced(torch.stack(p).mean(0), torch.stack(ref).mean(0), c))
-        for f, (a, b) in zip(self.complementary, self.pairs):
-            out.append(f(self._pair(p[a], p[b]), self._pair(ref[a], ref[b])))
-        return torch.stack(out, dim=1)
+        n_mod = len(self.modalities)
+        if e < n_mod:
+            return p[e], ref[e], c
+        if e == n_mod:
+            return torch.stack(p).mean(0), torch.stack(ref).mean(0), c
+        a, b = self.pairs[e - n_mod - 1]
+        return self._pair(p[a], p[b]), self._pair(ref[a], ref[b]), None
 
     @staticmethod
     def _pair(pa: Tensor, pb: Tensor) -> Tensor:

@@ -97,6 +97,7 @@ class MAGNET(Recommender):
                 self.register_buffer(self._ema_key(name), param.detach().clone())
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self._ema_pending = False
+        self._eval_utilization: list[float] | None = None  # set by embeddings(), read by eval_logs()
 
     # ------------------------------------------------------------------ weight averaging
 
@@ -113,8 +114,8 @@ class MAGNET(Recommender):
         n = int(self.ema_updates)
         decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
         params = dict(self.named_parameters())
-        for name in self._ema_names:
-            getattr(self, self._ema_key(name)).lerp_(params[name].detach(), 1.0 - decay)
+        averages = [getattr(self, self._ema_key(name)) for name in self._ema_names]
+        torch._foreach_lerp_(averages, [params[name].detach() for name in self._ema_names], 1.0 - decay)
         self.ema_updates += 1
         self._ema_pending = False
 
@@ -214,21 +215,32 @@ class MAGNET(Recommender):
 
     # ------------------------------------------------------------------ training
 
+    def _mix_batch(self, r: dict, users: Tensor, items: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Training-time `mix` of the batch's distinct users and items, with both sides'
+        rows through one sparse expert pass (each row runs only its routed experts)."""
+        c = torch.cat([take_rows(r["c_u"], users), take_rows(r["c_i"], items)])
+        p = [torch.cat([take_rows(pu, users), take_rows(pi, items)]) for pu, pi in zip(r["p_u"], r["p_i"])]
+        n_u = len(users)
+        if self.expert_bank is None or self.user_router is None or self.item_router is None:
+            e = self.mix(c, p, r["ref"], None, noise=False)["emb"]
+            empty = c.new_zeros(0, 0)
+            return {"emb": e[:n_u], "q": empty}, {"emb": e[n_u:], "q": empty}
+        g_u, q_u = self.user_router(c[:n_u], noise=self.training)
+        g_i, q_i = self.item_router(c[n_u:], noise=self.training)
+        e = c + self.expert_bank.combine(c, p, r["ref"], torch.cat([g_u, g_i]))
+        return {"emb": e[:n_u], "q": q_u}, {"emb": e[n_u:], "q": q_i}
+
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, dict[str, float]]:
         if self.training:
             self._ema_update()  # the previous step's weights
+            self._eval_utilization = None  # the weights move on
         # Graphs propagate over everyone; experts and routers run once per distinct
         # user/item of the batch, and the batch's scores are gathered from those.
         r = self.representations(train=self.training)
         neg = neg.reshape(len(pos), -1)
         uniq_u, inv_u = unique_ids(users, self.n_users)
         uniq_i, inv_i = unique_ids(torch.cat([pos, neg.reshape(-1)]), self.n_items)
-        mixed_u = self.mix(
-            take_rows(r["c_u"], uniq_u), [take_rows(p, uniq_u) for p in r["p_u"]], r["ref"], self.user_router, self.training
-        )
-        mixed_i = self.mix(
-            take_rows(r["c_i"], uniq_i), [take_rows(p, uniq_i) for p in r["p_i"]], r["ref"], self.item_router, self.training
-        )
+        mixed_u, mixed_i = self._mix_batch(r, uniq_u, uniq_i)
         cols = torch.cat([inv_i[: len(pos), None], inv_i[len(pos) :].reshape(neg.shape)], dim=1)  # [B, 1 + n]
         scores = pair_scores(mixed_u["emb"], mixed_i["emb"], inv_u, cols)
         rank = ranking_loss(scores[:, 0], scores[:, 1:], self.cfg.loss, self.cfg.softmax_temperature)
@@ -263,15 +275,23 @@ class MAGNET(Recommender):
         if self.expert_bank is None:
             return {}
         out = self.monitor.end_epoch(epoch)
-        out["expert_utilization"] = self.final_utilization()
         if self.augmented is not None:
             out["modality_mixture"] = [float(w) for w in self.augmented.mixture().detach().cpu()]
         log.info(
-            "epoch %d stage %d H_cov %.3f H_item %.3f util %s switch %s",
-            epoch, out["stage"], out["coverage_entropy"], out["sample_entropy"],
-            [round(u, 3) for u in out["expert_utilization"]], out["stage_switch_epoch"],
+            "epoch %d stage %d H_cov %.3f H_item %.3f switch %s",
+            epoch, out["stage"], out["coverage_entropy"], out["sample_entropy"], out["stage_switch_epoch"],
         )
         return out
+
+    def eval_logs(self) -> dict:
+        """Expert utilization, read off the routing of the last `embeddings()` call (the
+        evaluation's forward pass) instead of a forward pass of its own every epoch."""
+        if self.expert_bank is None:
+            return {}
+        utilization = self._eval_utilization if self._eval_utilization is not None else self.final_utilization()
+        self._eval_utilization = None
+        log.info("expert utilization %s", [round(u, 3) for u in utilization or []])
+        return {"expert_utilization": utilization}
 
     # ------------------------------------------------------------------ inference
 
@@ -283,13 +303,18 @@ class MAGNET(Recommender):
         with self.averaged():
             _, c_i = self.collaborative(train=False)
             g, _ = self.item_router(c_i, noise=False)
-        counts = torch.bincount(g.argmax(1), minlength=g.shape[1]).float()
+        return self._utilization(g)
+
+    def _utilization(self, gates: Tensor) -> list[float]:
+        counts = torch.bincount(gates.argmax(1), minlength=gates.shape[1]).float()
         return [float(v) for v in (counts / max(self.n_items, 1)).cpu()]
 
     @torch.no_grad()
     def embeddings(self) -> tuple[Tensor, Tensor]:
         with self.averaged():
             out = self.forward_all(train=False)
+        if self.expert_bank is not None:
+            self._eval_utilization = self._utilization(out["items"]["gates"])
         return out["users"]["emb"], out["items"]["emb"]
 
     @torch.no_grad()
