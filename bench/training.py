@@ -141,6 +141,7 @@ def _component_times(size: str) -> dict[str, float]:
     import torch
 
     from model import build
+    from model.base import pair_scores
     from offline.config import load_config
 
     ds = load_dataset_for(size)
@@ -170,13 +171,13 @@ def _component_times(size: str) -> dict[str, float]:
     leaf = {k: ([t.detach().requires_grad_() for t in v] if isinstance(v, list) else v.detach().requires_grad_())
             for k, v in r.items()}
     uu, ii = torch.unique(users), torch.unique(torch.cat([pos, neg.reshape(-1)]))
-    for side, idx, router in (("users", uu, m.user_router), ("items", ii, m.item_router)):
-        c, p = leaf[f"c_{side[0]}"], leaf[f"p_{side[0]}"]
-
-        def mix(c=c, p=p, idx=idx, router=router) -> None:
-            m.mix(c[idx], [t[idx] for t in p], leaf["ref"], router, True)["emb"].sum().backward()
-
-        out[f"magnet: experts + router, {len(idx)} distinct {side}"] = _ms(mix)
+    out[f"magnet: experts + routers, {len(uu)} users + {len(ii)} items (one sparse pass)"] = _ms(
+        lambda: sum(side["emb"].sum() for side in m._mix_batch(leaf, uu, ii)).backward())
+    e_u, e_i = leaf["c_u"][uu].detach().requires_grad_(), leaf["c_i"][ii].detach().requires_grad_()
+    inv_u = torch.searchsorted(uu, users)
+    cols = torch.searchsorted(ii, torch.cat([pos[:, None], neg], 1))
+    out[f"magnet: batch scores, {cols.numel()} pairs"] = _ms(
+        lambda: pair_scores(e_u, e_i, inv_u, cols).sum().backward())
     out["magnet: training-graph resample (once per epoch)"] = _ms(m._resample_training_graph, reps=3)
     return out
 
