@@ -156,7 +156,7 @@ class _SampledScores(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
         e_u, e_i, cols, crow, users, by_user = ctx.saved_tensors
         n_u, n_i = e_u.shape[0], e_i.shape[0]
-        grad = take_rows(grad.reshape(by_user.shape[0], -1).to(e_u.dtype), by_user).reshape(-1)  # pattern order
+        grad = take_rows(grad.to(e_u.dtype), by_user).reshape(-1)  # [B, n] rows into the pattern's order
         d_u = d_i = None
         if ctx.needs_input_grad[0]:  # d e_u = G @ e_i, G the [U, I] sparse matrix of the grads
             d_u = torch.sparse.mm(csr(crow, cols, grad, (n_u, n_i)), e_i)
