@@ -129,11 +129,10 @@ def _grouped_csr(
     """CSR [n_rows, n_cols] of the row groups keys[k] -> (cols[k], values[k]), each
     group `width` entries wide, and the stable order that groups them. Duplicate
     columns stay separate entries: the sparse products add them up."""
-    order = torch.argsort(keys.to(torch.int32), stable=True)
+    order = torch.argsort(keys.to(torch.int32), stable=True)  # int32 keys sort faster; the order is int64
     crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=keys.device)
     crow[1:] = torch.cumsum(torch.bincount(keys, minlength=n_rows) * width, 0)
-    take = order.to(torch.int64)
-    return csr(crow, take_rows(cols, take).reshape(-1), take_rows(values, take).reshape(-1), (n_rows, n_cols)), take
+    return csr(crow, take_rows(cols, order).reshape(-1), take_rows(values, order).reshape(-1), (n_rows, n_cols)), order
 
 
 class _SampledScores(torch.autograd.Function):
@@ -161,7 +160,7 @@ class _SampledScores(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # d e_u = G @ e_i, G the [U, I] sparse matrix of the grads
             d_u = torch.sparse.mm(csr(crow, cols, grad, (n_u, n_i)), e_i)
         if ctx.needs_input_grad[1]:  # d e_i = G^T @ e_u
-            g_t, _ = _grouped_csr(cols.to(torch.int64), users, grad, n_i, n_u)
+            g_t, _ = _grouped_csr(cols, users, grad, n_i, n_u)
             d_i = torch.sparse.mm(g_t, e_u)
         return d_u, d_i, None, None
 
