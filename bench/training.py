@@ -141,7 +141,7 @@ def _component_times(size: str) -> dict[str, float]:
     import torch
 
     from model import build
-    from model.base import pair_scores
+    from model.ops import pair_scores
     from offline.config import load_config
 
     ds = load_dataset_for(size)

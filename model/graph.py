@@ -1,21 +1,15 @@
-"""Graph utilities shared by the models: normalized sparse adjacencies."""
+"""Graph utilities shared by the models: normalized sparse adjacencies and the
+layer-mean propagation read-out."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-
-def csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """A sparse CSR matrix with int32 indices when they fit: MKL's sparse kernels take
-    int32, and int64 indices are converted on every product (~10% of its time)."""
-    if col.numel() < 2**31 - 1 and max(size) < 2**31 - 1:
-        crow, col = crow.to(torch.int32), col.to(torch.int32)
-    with warnings.catch_warnings():  # CSR is "beta" in torch but stable for sparse.mm
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, size)
+from model.ops import csr
 
 
 def to_csr(coo: torch.Tensor) -> torch.Tensor:
@@ -79,31 +73,11 @@ def normalized_bipartite(train_edges: np.ndarray, n_users: int, n_items: int) ->
     return bipartite_csr(train_edges, n_users, n_items)[0]
 
 
-class _SparseMatmul(torch.autograd.Function):
-    """a @ x whose backward multiplies by a precomputed a^T (torch would re-sort
-    and transpose the CSR matrix on every backward, ~5x the forward's cost)."""
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        ctx.a_t = a_t
-        return torch.sparse.mm(a, x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: D102
-        return None, None, torch.sparse.mm(ctx.a_t, grad)
-
-
-def spmm(a: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor | None = None) -> torch.Tensor:
-    """Sparse (CSR) a times dense x; pass a_t = a^T unless a is symmetric."""
-    if not x.requires_grad:
-        return torch.sparse.mm(a, x)
-    return _SparseMatmul.apply(a, a if a_t is None else a_t, x)
-
-
-def layer_mean_propagate(adj: torch.Tensor, x: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """LightGCN's read-out: mean of x, Ax, ..., A^L x (layer 0 included); adj symmetric."""
-    total, h = x, x
+def layer_mean(x: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor], n_layers: int) -> torch.Tensor:
+    """LightGCN's read-out: the mean of x, step(x), step(step(x)), ... (n_layers + 1
+    terms, layer 0 included); with step(z) = A z that is mean_l A^l x."""
+    total = x
     for _ in range(n_layers):
-        h = spmm(adj, h)  # adj is symmetric
-        total = total + h
+        x = step(x)
+        total = total + x
     return total / (n_layers + 1)

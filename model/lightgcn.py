@@ -7,8 +7,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.base import Recommender, bpr_loss, emb_norm_reg, take_rows
-from model.graph import layer_mean_propagate, normalized_bipartite
+from model.base import Recommender
+from model.graph import layer_mean, normalized_bipartite
+from model.losses import bpr_loss, emb_norm_reg
+from model.ops import spmm, take_rows
 
 
 class LightGCNConfig(BaseModel):
@@ -34,7 +36,7 @@ class LightGCN(Recommender):
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer-mean LightGCN embeddings of all users and items."""
-        out = layer_mean_propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.cfg.n_layers)
+        out = layer_mean(torch.cat([self.user_emb, self.item_emb]), lambda z: spmm(self.adj, z), self.cfg.n_layers)  # adj is symmetric
         return out[: self.n_users], out[self.n_users :]
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from model.base import ranking_loss
+from model.losses import ranking_loss
 
 
 def test_ranking_losses_by_hand():

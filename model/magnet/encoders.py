@@ -7,16 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.graph import spmm
-
-
-def layer_mean(x: Tensor, step, n_layers: int) -> Tensor:
-    """Mean of x, step(x), step(step(x)), ... (n_layers + 1 terms, layer 0 included)."""
-    total = x
-    for _ in range(n_layers):
-        x = step(x)
-        total = total + x
-    return total / (n_layers + 1)
+from model.graph import layer_mean
+from model.ops import spmm
 
 
 class InteractionView(nn.Module):

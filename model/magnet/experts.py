@@ -22,7 +22,7 @@ from itertools import combinations
 import torch
 from torch import Tensor, nn
 
-from model.base import take_rows
+from model.ops import take_rows
 
 
 class ExpertMLP(nn.Module):

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.graph import bipartite_csr, csr, sym_normalize, to_csr, unique_pairs
+from model.graph import bipartite_csr, sym_normalize, to_csr, unique_pairs
+from model.ops import csr
 
 
 def knn_edges(features: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:

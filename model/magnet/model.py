@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.base import Recommender, bpr_loss, emb_norm_reg, pair_scores, ranking_loss, take_rows, unique_ids
+from model.base import Recommender
+from model.losses import bpr_loss, emb_norm_reg, ranking_loss
+from model.ops import pair_scores, take_rows, unique_ids
 from model.graph import normalized_bipartite, unique_pairs
 from model.magnet.config import MagnetConfig
 from model.magnet.encoders import AugmentedView, GatedFusion, InteractionView, ModalityEncoder
