@@ -165,14 +165,14 @@ def train(
     cfg = load_config(
         config, set_, model=model, epochs=epochs, patience=patience, seed=seed, device=device, nproc=nproc if nproc > 1 else None
     )
-    from offline.dataset import load_dataset
-
-    load_dataset(data)  # validate before spawning anything
-    if out.exists() and not overwrite:
-        _fail(f"run directory {out} already exists; choose another --out or pass --overwrite")
     if cfg.nproc > 1:
+        from offline.dataset import load_dataset
         from offline.distributed import launch
+        from offline.train import check_run_out
 
+        # a worker's error would reach the user as a traceback: check what train() checks first
+        load_dataset(data)
+        check_run_out(out, overwrite)
         launch(cfg.nproc, cfg.device, _run_training, data, out, cfg, overwrite)
         if out.exists():
             typer.echo(f"run written to {out} (world size {cfg.nproc})")

@@ -9,19 +9,16 @@ internal id) plus ``stats.json``. MMRec's published Amazon datasets load unchang
 Everything that can be wrong with such a directory raises :class:`DatasetError`
 with one line naming the file and the problem, so the CLI can print it as is.
 
-Writing is atomic: :func:`write_dataset` fills a sibling ``<out>.tmp-XXXX`` directory
-(the ``.inter`` file last) and renames it into place, so a crash never leaves a
-half-written directory under the final name.
+Writing is atomic: :func:`write_dataset` fills a hidden sibling directory (the
+``.inter`` file last) and publishes it with `offline.publish`, so a crash never
+leaves a half-written directory under the final name.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from offline.publish import staged
 
 log = logging.getLogger(__name__)
 
@@ -395,20 +394,13 @@ def write_dataset(
         what = "a file" if not out.is_dir() else "a directory that does not look like a dataset directory"
         raise DatasetError(f"refusing to replace {out}: it is {what}; remove it or choose another --out")
     inter = _inter_frame(ds, extra)
-    parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=parent))
-    try:
+    with staged(out) as tmp:
         for modality, feat in sorted(ds.features.items()):
             np.save(tmp / f"{modality}{FEATURE_SUFFIX}", np.ascontiguousarray(feat, dtype=np.float32))
         _write_mapping(tmp / USER_MAPPING, ds.user_ids, ("user_id", "userID"))
         _write_mapping(tmp / ITEM_MAPPING, ds.item_ids, ("item_id", "itemID"))
         (tmp / STATS_FILE).write_text(json.dumps({**ds.summary(), **(stats or {})}, indent=1))
         inter.to_csv(tmp / f"{ds.name}.inter", sep="\t", index=False)  # last: a partial dir has no .inter
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("wrote dataset %s to %s (%d interactions)", ds.name, out, len(inter))
 
 
@@ -440,19 +432,3 @@ def _write_mapping(file: Path, ids: list[str], header: tuple[str, str]) -> None:
     if any(("\t" in x or "\n" in x or "\r" in x) for x in ext):
         raise DatasetError(f"{file.name}: external ids must not contain tabs or newlines")
     pd.DataFrame({header[0]: ext, header[1]: np.arange(len(ext), dtype=np.int64)}).to_csv(file, sep="\t", index=False)
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Renames tmp to out; an existing out is moved aside first and removed after."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
-    os.rmdir(old)
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        os.rename(old, out)  # put the previous dataset back
-        raise
-    shutil.rmtree(old, ignore_errors=True)

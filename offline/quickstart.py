@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from offline.config import load_config
@@ -31,9 +30,7 @@ def run_quickstart(workdir: Path, *, epochs: int = 30, host: str = "127.0.0.1", 
     cfg = load_config(None, None, model="magnet", epochs=epochs, patience=10, seed=0)
     metrics = train(data_dir, run_dir, cfg, overwrite=True, dataset=synth.dataset)
     log.info("trained MAGNET: test recall@20 %.4f (best epoch %d)", metrics["test"]["recall@20"], metrics["best_epoch"])
-    if bundle_dir.exists():
-        shutil.rmtree(bundle_dir)
-    export_bundle(run_dir, bundle_dir)
+    export_bundle(run_dir, bundle_dir)  # replaces a previous demo bundle atomically
     user = synth.dataset.user_ids[0]
     item = synth.dataset.item_ids[int(synth.dataset.test[synth.dataset.test[:, 0] == 0][0, 1])] if len(synth.dataset.test) else synth.dataset.item_ids[0]
     base = f"http://{host}:{port}"

@@ -11,10 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +30,7 @@ from model.popularity import Popularity
 from offline.config import TrainConfig, dump_config
 from offline.dataset import Dataset, load_dataset
 from offline.evaluate import embedding_scorer, evaluate, relevance_matrix
+from offline.publish import staged
 
 log = logging.getLogger(__name__)
 
@@ -358,20 +356,10 @@ def _final_metrics(
     }
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    """A temporary sibling to write into; refuses to clobber a finished run."""
+def check_run_out(out: Path, overwrite: bool) -> None:
+    """Refuses to replace a finished run unless `overwrite` (checked before any work)."""
     if out.exists() and not overwrite:
         raise TrainError(f"run directory {out} already exists; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes 0700; export may run as another user
-    return tmp
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
 
 
 def train(
@@ -385,48 +373,42 @@ def train(
     """Trains one model and writes the run directory; returns metrics.json's dict."""
     info = _dist_info()
     ds = dataset if dataset is not None else load_dataset(data_dir)
+    check_run_out(out, overwrite)
     device = resolve_device(cfg.device)
     if info.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", info.rank % torch.cuda.device_count())
     seed_everything(cfg.seed)
-    tmp = _prepare_out(out, overwrite) if info.is_main else None
-    try:
-        started = time.perf_counter()
-        if cfg.model == "popularity":
-            model: Recommender | Popularity = Popularity(ds.n_users, ds.n_items, ds.train)
-            history, best_epoch, epochs_run = History(), 0, 0
-        else:
-            model = build_model(cfg.model, ds.n_users, ds.n_items, ds.train, ds.features, cfg.model_section())
-            best_state, history, best_epoch, epochs_run = fit(model, ds, cfg, device)
-            model.load_state_dict(best_state)
-        train_seconds = time.perf_counter() - started
-        if not info.is_main:
-            return {}
-        model.to(device)
-        final = _final_metrics(model, ds, cfg, device)
-        metrics: dict[str, Any] = {
-            "model": cfg.model,
-            "dataset": ds.name,
-            "seed": cfg.seed,
-            "best_epoch": best_epoch,
-            **final,
-            "epochs_run": epochs_run,
-            "seconds_per_epoch": train_seconds / max(epochs_run, 1),
-            "train_seconds": train_seconds,
-            "device": device.type,
-            "world_size": info.world_size,
-        }
-        routing = history.routing_block(getattr(model, "final_utilization", lambda: None)())
-        if routing is not None:
-            metrics["routing"] = routing
-        assert tmp is not None
+    started = time.perf_counter()
+    if cfg.model == "popularity":
+        model: Recommender | Popularity = Popularity(ds.n_users, ds.n_items, ds.train)
+        history, best_epoch, epochs_run = History(), 0, 0
+    else:
+        model = build_model(cfg.model, ds.n_users, ds.n_items, ds.train, ds.features, cfg.model_section())
+        best_state, history, best_epoch, epochs_run = fit(model, ds, cfg, device)
+        model.load_state_dict(best_state)
+    train_seconds = time.perf_counter() - started
+    if not info.is_main:
+        return {}
+    model.to(device)
+    final = _final_metrics(model, ds, cfg, device)
+    metrics: dict[str, Any] = {
+        "model": cfg.model,
+        "dataset": ds.name,
+        "seed": cfg.seed,
+        "best_epoch": best_epoch,
+        **final,
+        "epochs_run": epochs_run,
+        "seconds_per_epoch": train_seconds / max(epochs_run, 1),
+        "train_seconds": train_seconds,
+        "device": device.type,
+        "world_size": info.world_size,
+    }
+    routing = history.routing_block(getattr(model, "final_utilization", lambda: None)())
+    if routing is not None:
+        metrics["routing"] = routing
+    with staged(out) as tmp:
         _write_run(tmp, model, ds, cfg, metrics, history, data_dir)
-        _publish(tmp, out)
-        return metrics
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return metrics
 
 
 def _write_run(

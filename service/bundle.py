@@ -2,17 +2,17 @@
 
 Every file named in ``manifest.json["files"]`` is read once into memory, its sha256
 checked against the manifest, and only then parsed (so what was verified is what is
-served, even if the directory is replaced mid-load). Shapes are cross-checked
-against the manifest and each other, and a sample of items is checked against
-item_emb = item_base + gates . experts so explanations add up. Any failure raises
-`BundleError` naming the file. No pickle: arrays load with ``allow_pickle=False``.
+served, even if the directory is replaced mid-load). What a bundle must hold and the
+checks on it belong to `service.bundle_format` (shared with the exporter); here they
+are applied: shapes against the manifest and each other, ids, the training CSR,
+gates, and item_emb = item_base + gates . experts on a sample of items so
+explanations add up. Any failure raises `BundleError` naming the file. No pickle:
+arrays load with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,27 +21,25 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-
-SUPPORTED_FORMATS = {1}
-ROLES = ("dominant", "balanced", "complementary")
-REQUIRED_FILES = (
-    "user_emb.npy",
-    "item_emb.npy",
-    "item_base.npy",
-    "item_gates.npy",
-    "item_experts.npy",
-    "user_ids.json",
-    "item_ids.json",
-    "seen_indptr.npy",
-    "seen_indices.npy",
-    "popularity.npy",
-    "items.faiss",
+from service.bundle_format import (
+    BUNDLE_FILES,
+    FLOAT_ARRAYS,
+    INDEX_FILE,
+    MANIFEST,
+    FormatError,
+    check_array,
+    check_csr,
+    check_experts,
+    check_gates,
+    check_ids,
+    check_invariant,
+    check_manifest,
+    invariant_rows,
+    read_json,
+    read_npy,
 )
-REQUIRED_KEYS = ("format_version", "model_version", "created_at", "model", "dim", "n_users", "n_items",
-                 "experts", "metrics", "files")
-INVARIANT_SAMPLE = 2048
-INVARIANT_RTOL = 1e-4
+
+log = logging.getLogger(__name__)
 
 
 class BundleError(ValueError):
@@ -116,155 +114,65 @@ def _read_verified(root: Path, name: str, expected: str) -> bytes:
     return data
 
 
-def _npy(root: Path, name: str, data: bytes) -> np.ndarray:
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:
-        raise BundleError(f"{root / name}: not a plain .npy array ({exc})") from exc
-    if not isinstance(array, np.ndarray):
-        raise BundleError(f"{root / name}: not a single .npy array")
-    return array
-
-
-def _expect(root: Path, name: str, array: np.ndarray, shape: tuple[int, ...], kinds: str) -> None:
-    if array.shape != shape:
-        raise BundleError(f"{root / name}: shape {array.shape}, expected {shape}")
-    if array.dtype.kind not in kinds:
-        raise BundleError(f"{root / name}: dtype {array.dtype} is not allowed here")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise BundleError(f"{root / name}: contains NaN or infinite values")
-
-
-def _ids(root: Path, name: str, data: bytes, expected: int) -> list[str]:
-    try:
-        ids = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{root / name}: not valid JSON ({exc})") from exc
-    if not isinstance(ids, list) or not all(isinstance(v, str) for v in ids):
-        raise BundleError(f"{root / name}: expected a JSON list of string ids")
-    if len(ids) != expected:
-        raise BundleError(f"{root / name}: {len(ids)} ids, manifest says {expected}")
-    if len(set(ids)) != len(ids):
-        raise BundleError(f"{root / name}: duplicate ids")
-    return ids
-
-
 def _manifest(root: Path) -> dict[str, Any]:
-    path = root / "manifest.json"
+    path = root / MANIFEST
     if not root.is_dir():
         raise BundleError(f"{root}: bundle directory does not exist")
     if not path.is_file():
         raise BundleError(f"{path}: missing (is {root} a bundle from `magnet export`?)")
-    try:
-        manifest = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{path}: expected a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise BundleError(f"{path}: missing keys {missing}")
-    if manifest["format_version"] not in SUPPORTED_FORMATS:
-        raise BundleError(f"{path}: format_version {manifest['format_version']!r} is not supported "
-                          f"(this server reads {sorted(SUPPORTED_FORMATS)})")
-    for key in ("dim", "n_users", "n_items"):
-        if not isinstance(manifest[key], int) or isinstance(manifest[key], bool) or manifest[key] <= 0:
-            raise BundleError(f"{path}: {key} must be a positive integer")
-    files = manifest["files"]
-    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-        raise BundleError(f"{path}: 'files' must map file names to sha256 hex digests")
-    absent = [f for f in REQUIRED_FILES if f not in files]
-    if absent:
-        raise BundleError(f"{path}: 'files' does not list {absent}")
-    for name in files:
-        if Path(name).name != name or name in ("", ".", ".."):
-            raise BundleError(f"{path}: file name {name!r} must be a plain name inside the bundle")
-    if not isinstance(manifest["model_version"], str) or not manifest["model_version"]:
-        raise BundleError(f"{path}: model_version must be a non-empty string")
-    return manifest
-
-
-def _experts(root: Path, manifest: dict[str, Any]) -> tuple[ExpertInfo, ...]:
-    raw = manifest["experts"]
-    if not isinstance(raw, list):
-        raise BundleError(f"{root / 'manifest.json'}: 'experts' must be a list")
-    out = []
-    for n, e in enumerate(raw):
-        if not isinstance(e, dict) or not isinstance(e.get("name"), str) or e.get("role") not in ROLES:
-            raise BundleError(f"{root / 'manifest.json'}: expert #{n} needs a name and a role in {ROLES}")
-        modality = e.get("modality")
-        if modality is not None and not isinstance(modality, str):
-            raise BundleError(f"{root / 'manifest.json'}: expert {e['name']!r} has a non-string modality")
-        out.append(ExpertInfo(e["name"], e["role"], modality))
-    return tuple(out)
-
-
-def _check_invariant(root: Path, item_emb: np.ndarray, base: np.ndarray, gates: np.ndarray,
-                     experts: np.ndarray) -> None:
-    n = item_emb.shape[0]
-    rows = np.arange(n) if n <= INVARIANT_SAMPLE else np.random.default_rng(0).choice(n, INVARIANT_SAMPLE, replace=False)
-    recon = base[rows].astype(np.float64)
-    if gates.shape[1]:
-        recon += np.einsum("ie,ied->id", gates[rows].astype(np.float64), experts[rows].astype(np.float64))
-    worst = float(np.abs(item_emb[rows] - recon).max(initial=0.0))
-    scale = max(float(np.abs(item_emb).max(initial=0.0)), 1.0)
-    if worst > INVARIANT_RTOL * scale:
-        raise BundleError(f"{root / 'item_emb.npy'}: differs from item_base + gates . experts by {worst:.3g}")
+    return check_manifest(read_json(path.read_bytes(), path), path)
 
 
 def load_bundle(path: Path | str) -> Bundle:
     """Reads and verifies the bundle at `path`; raises BundleError naming the bad file."""
+    try:
+        return _load(Path(path))
+    except FormatError as exc:
+        raise BundleError(str(exc)) from exc
+
+
+def _load(root: Path) -> Bundle:
     import faiss
 
     started = time.perf_counter()
-    root = Path(path)
     manifest = _manifest(root)
-    files = manifest["files"]
-    blobs = {name: _read_verified(root, name, digest) for name, digest in files.items()}
+    blobs = {name: _read_verified(root, name, digest) for name, digest in manifest["files"].items()}
     dim, n_users, n_items = manifest["dim"], manifest["n_users"], manifest["n_items"]
-    experts = _experts(root, manifest)
+    experts = tuple(ExpertInfo(**e) for e in check_experts(manifest["experts"], len(manifest["experts"]),
+                                                            f"{root / MANIFEST} 'experts'"))
     n_exp = len(experts)
 
-    arrays = {name: _npy(root, name, blobs[name]) for name in REQUIRED_FILES if name.endswith(".npy")}
-    _expect(root, "user_emb.npy", arrays["user_emb.npy"], (n_users, dim), "f")
-    _expect(root, "item_emb.npy", arrays["item_emb.npy"], (n_items, dim), "f")
-    _expect(root, "item_base.npy", arrays["item_base.npy"], (n_items, dim), "f")
-    _expect(root, "item_gates.npy", arrays["item_gates.npy"], (n_items, n_exp), "f")
-    _expect(root, "item_experts.npy", arrays["item_experts.npy"], (n_items, n_exp, dim), "f")
-    _expect(root, "seen_indptr.npy", arrays["seen_indptr.npy"], (n_users + 1,), "iu")
-    n_seen = arrays["seen_indices.npy"].shape[0] if arrays["seen_indices.npy"].ndim == 1 else -1
-    _expect(root, "seen_indices.npy", arrays["seen_indices.npy"], (max(n_seen, 0),), "iu")
-    _expect(root, "popularity.npy", arrays["popularity.npy"], (n_items,), "iuf")
-    shapes = manifest.get("shapes") or {}
+    arrays = {name: read_npy(blobs[name], root / name) for name in BUNDLE_FILES if name.endswith(".npy")}
+    shapes = {"user_emb.npy": (n_users, dim), "item_emb.npy": (n_items, dim), "item_base.npy": (n_items, dim),
+              "item_gates.npy": (n_items, n_exp), "item_experts.npy": (n_items, n_exp, dim)}
     for name, shape in shapes.items():
+        check_array(arrays[name], root / name, shape=shape)
+    check_array(arrays["popularity.npy"], root / "popularity.npy", shape=(n_items,), kinds="iuf")
+    for name, shape in (manifest.get("shapes") or {}).items():
         if name in arrays and list(arrays[name].shape) != list(shape):
             raise BundleError(f"{root / name}: shape {arrays[name].shape} differs from manifest {shape}")
-
-    indptr = arrays["seen_indptr.npy"].astype(np.int64)
-    indices = arrays["seen_indices.npy"].astype(np.int64)
-    if indptr[0] != 0 or indptr[-1] != indices.size or np.any(np.diff(indptr) < 0):
-        raise BundleError(f"{root / 'seen_indptr.npy'}: not a valid CSR row pointer for seen_indices.npy")
-    if indices.size and (indices.min() < 0 or indices.max() >= n_items):
-        raise BundleError(f"{root / 'seen_indices.npy'}: item indices outside [0, {n_items})")
+    indptr, indices = check_csr(arrays["seen_indptr.npy"], arrays["seen_indices.npy"], n_users, n_items,
+                                root / "seen_indptr.npy", root / "seen_indices.npy")
     if arrays["popularity.npy"].size and arrays["popularity.npy"].min() < 0:
         raise BundleError(f"{root / 'popularity.npy'}: negative counts")
 
-    user_ids = _ids(root, "user_ids.json", blobs["user_ids.json"], n_users)
-    item_ids = _ids(root, "item_ids.json", blobs["item_ids.json"], n_items)
+    user_ids = check_ids(read_json(blobs["user_ids.json"], root / "user_ids.json"), n_users, root / "user_ids.json")
+    item_ids = check_ids(read_json(blobs["item_ids.json"], root / "item_ids.json"), n_items, root / "item_ids.json")
 
-    f32 = {name: np.ascontiguousarray(arrays[name], dtype=np.float32)
-           for name in ("user_emb.npy", "item_emb.npy", "item_base.npy", "item_gates.npy", "item_experts.npy")}
-    _check_invariant(root, f32["item_emb.npy"], f32["item_base.npy"], f32["item_gates.npy"], f32["item_experts.npy"])
+    f32 = {name: np.ascontiguousarray(arrays[name], dtype=np.float32) for name in FLOAT_ARRAYS}
+    check_gates(f32["item_gates.npy"], root / "item_gates.npy")
+    check_invariant(f32["item_emb.npy"], f32["item_base.npy"], f32["item_gates.npy"], f32["item_experts.npy"],
+                    root / "item_emb.npy", rows=invariant_rows(n_items))
 
     try:
-        index = faiss.deserialize_index(np.frombuffer(blobs["items.faiss"], dtype=np.uint8))
+        index = faiss.deserialize_index(np.frombuffer(blobs[INDEX_FILE], dtype=np.uint8))
     except Exception as exc:
-        raise BundleError(f"{root / 'items.faiss'}: not a FAISS index ({exc})") from exc
+        raise BundleError(f"{root / INDEX_FILE}: not a FAISS index ({exc})") from exc
     if index.d != dim or index.ntotal != n_items:
-        raise BundleError(f"{root / 'items.faiss'}: index has d={index.d}, ntotal={index.ntotal}; "
+        raise BundleError(f"{root / INDEX_FILE}: index has d={index.d}, ntotal={index.ntotal}; "
                           f"expected d={dim}, ntotal={n_items}")
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise BundleError(f"{root / 'items.faiss'}: index metric is not inner product")
+        raise BundleError(f"{root / INDEX_FILE}: index metric is not inner product")
 
     for array in f32.values():
         array.setflags(write=False)

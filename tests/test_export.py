@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from run_fixture import brute_force_topk, flip_byte, make_run
 
-from offline.export import BUNDLE_FILES, ExportError, export_bundle
+from offline.export import ExportError, export_bundle
 from service.bundle import BundleError, load_bundle
+from service.bundle_format import BUNDLE_FILES
 from service.search import ItemSearcher
 
 MANIFEST_KEYS = {"format_version", "model_version", "created_at", "model", "dim", "n_users", "n_items",
@@ -194,3 +195,38 @@ def test_loader_refuses_missing_and_tampered(bundle_copy):
     manifest_path.unlink()
     with pytest.raises(BundleError, match="manifest.json"):
         load_bundle(bundle_copy)
+
+
+def test_export_publishes_only_what_the_loader_accepts(fake_run, tmp_path, monkeypatch):
+    """The written bundle is loaded with the service's loader before it is put in
+    place; a refusal leaves the previous bundle serving and nothing half-written."""
+    import offline.export as export_mod
+
+    out = tmp_path / "bundle"
+    export_bundle(fake_run.path, out)
+    before = json.loads((out / "manifest.json").read_text())["model_version"]
+    checked = []
+
+    def refuse(path):
+        checked.append(Path(path))
+        assert (Path(path) / "manifest.json").is_file()  # the complete staged bundle, not `out`
+        raise BundleError(f"{Path(path) / 'items.faiss'}: injected refusal")
+
+    monkeypatch.setattr(export_mod, "load_bundle", refuse)
+    with pytest.raises(ExportError, match="loader.*items.faiss"):
+        export_bundle(fake_run.path, out)
+    assert len(checked) == 1 and checked[0] != out and checked[0].parent == out.parent
+    assert load_bundle(out).model_version == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_bundle_format_and_loader_import_without_torch():
+    """The format module is shared with the serving side, which never needs torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, service.bundle_format, service.bundle, service.app; "
+            "bad = sorted(m for m in ('torch', 'model', 'offline') if m in sys.modules); "
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
