@@ -68,13 +68,13 @@ def synthetic_dataset(n_interactions: int, seed: int = 0):
 
 
 def _setup(model_name: str, size: str):
-    """Dataset, model, optimizer and sampler for one (model, size), after one warm-up
-    epoch, plus `epoch(n)`: one training epoch and its end-of-epoch work."""
+    """Dataset and the trainer of one (model, size), after one warm-up epoch, plus
+    `epoch(n)`: one training epoch and its end-of-epoch work, as `magnet train` runs it."""
     import torch
 
     from model import build
     from offline.config import load_config
-    from offline.train import DistInfo, NegativeSampler, _LossModule, _train_epoch, make_optimizer, seed_everything
+    from offline.train import Trainer, seed_everything
 
     ds = load_dataset_for(size)
     cfg = load_config(None, [], model=model_name, progress=False)
@@ -82,14 +82,10 @@ def _setup(model_name: str, size: str):
     t0 = time.perf_counter()
     model = build(model_name, ds.n_users, ds.n_items, ds.train, ds.features, cfg.model_section())
     setup_s = time.perf_counter() - t0
-    wrapped = _LossModule(model)
-    opt = make_optimizer(model, cfg)
-    sampler = NegativeSampler(ds.train, ds.n_items, seed=0)
-    device = torch.device("cpu")
+    trainer = Trainer(model, ds, cfg, torch.device("cpu"))
 
     def epoch(n: int) -> None:
-        _train_epoch(wrapped, opt, ds, sampler, cfg, n, device, DistInfo())
-        model.epoch_end(n)
+        trainer.train_epoch(n)
 
     epoch(0)
     return ds, setup_s, epoch
@@ -131,9 +127,9 @@ def component_times(size: str = "ml100k") -> dict[str, float]:
     """Forward + backward milliseconds of each part of one training step at each
     model's default batch and negatives, MAGNET's parts timed in isolation (leaf
     inputs), next to LightGCN's whole step; with the trainer's kernel settings."""
-    from offline.train import _no_onednn
+    from offline.train import without_onednn
 
-    with _no_onednn():
+    with without_onednn():
         return _component_times(size)
 
 
@@ -141,6 +137,7 @@ def _component_times(size: str) -> dict[str, float]:
     import torch
 
     from model import build
+    from model.magnet.model import Representations
     from model.ops import pair_scores
     from offline.config import load_config
 
@@ -160,7 +157,7 @@ def _component_times(size: str) -> dict[str, float]:
             lambda: model.loss(users, pos, neg)[0].backward())
         out[f"{name}: steps per epoch"] = float(-(-len(ds.train) // batch))
     m = model  # MAGNET
-    adj, bip, parts = m._graphs(True)
+    adj, bip, parts = m.graphs(True)
     x = torch.cat([m.user_emb, m.item_emb]).detach().requires_grad_()
     out["magnet: interaction view"] = _ms(lambda: m.interaction(x, adj).sum().backward())
     if m.augmented is not None:
@@ -168,17 +165,19 @@ def _component_times(size: str) -> dict[str, float]:
     out["magnet: modality encoder (all items, user means)"] = _ms(
         lambda: sum(t.sum() for group in m.modality_reps() for t in group).backward())
     r = m.representations(True)
-    leaf = {k: ([t.detach().requires_grad_() for t in v] if isinstance(v, list) else v.detach().requires_grad_())
-            for k, v in r.items()}
+    leaf = Representations(*(
+        [t.detach().requires_grad_() for t in v] if isinstance(v, list) else v.detach().requires_grad_()
+        for v in (r.c_u, r.c_i, r.p_u, r.p_i, r.ref)
+    ))
     uu, ii = torch.unique(users), torch.unique(torch.cat([pos, neg.reshape(-1)]))
     out[f"magnet: experts + routers, {len(uu)} users + {len(ii)} items (one sparse pass)"] = _ms(
-        lambda: sum(side["emb"].sum() for side in m._mix_batch(leaf, uu, ii)).backward())
-    e_u, e_i = leaf["c_u"][uu].detach().requires_grad_(), leaf["c_i"][ii].detach().requires_grad_()
+        lambda: sum(side.emb.sum() for side in m.mix_batch(leaf, uu, ii)).backward())
+    e_u, e_i = leaf.c_u[uu].detach().requires_grad_(), leaf.c_i[ii].detach().requires_grad_()
     inv_u = torch.searchsorted(uu, users)
     cols = torch.searchsorted(ii, torch.cat([pos[:, None], neg], 1))
     out[f"magnet: batch scores, {cols.numel()} pairs"] = _ms(
         lambda: pair_scores(e_u, e_i, inv_u, cols).sum().backward())
-    out["magnet: training-graph resample (once per epoch)"] = _ms(m._resample_training_graph, reps=3)
+    out["magnet: training-graph resample (once per epoch)"] = _ms(m.resample_training_graph, reps=3)
     return out
 
 

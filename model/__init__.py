@@ -1,4 +1,4 @@
-"""Torch models (no file I/O). `build` makes a trainable model by name."""
+"""Torch models (no file I/O). `build` makes a model by name."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from model.base import Recommender
+from model.base import Encoding, Recommender
 from model.lightgcn import LightGCN, LightGCNConfig
 from model.magnet import MAGNET, MagnetConfig
+from model.popularity import Popularity, PopularityConfig
 
-CONFIGS: dict[str, type[BaseModel]] = {"lightgcn": LightGCNConfig, "magnet": MagnetConfig}
-MODELS: dict[str, type[Recommender]] = {"lightgcn": LightGCN, "magnet": MAGNET}
+CONFIGS: dict[str, type[BaseModel]] = {"lightgcn": LightGCNConfig, "magnet": MagnetConfig, "popularity": PopularityConfig}
+MODELS: dict[str, type[Recommender]] = {"lightgcn": LightGCN, "magnet": MAGNET, "popularity": Popularity}
+
+__all__ = ["CONFIGS", "MODELS", "Encoding", "Recommender", "build"]
 
 
 def build(
@@ -31,6 +34,6 @@ def build(
         cfg = config_cls()
     elif isinstance(cfg, dict):
         cfg = config_cls.model_validate(cfg)
-    if name == "lightgcn":
-        return LightGCN(n_users, n_items, train_edges, cfg)
-    return MAGNET(n_users, n_items, train_edges, features, cfg)
+    if name == "magnet":  # the only model that reads item content
+        return MAGNET(n_users, n_items, train_edges, features, cfg)
+    return MODELS[name](n_users, n_items, train_edges, cfg)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.base import Recommender
+from model.base import BatchSize, EmaDecay, Encoding, LearningRate, MinStepsPerEpoch, Recommender
 from model.graph import layer_mean, normalized_bipartite
 from model.losses import bpr_loss, emb_norm_reg
 from model.ops import spmm, take_rows
@@ -21,7 +21,10 @@ class LightGCNConfig(BaseModel):
     dim: int = Field(64, ge=1)
     n_layers: int = Field(2, ge=0)
     reg_weight: float = Field(1e-2, ge=0, description="MMRec EmbLoss weight on the batch's layer-0 embeddings")
-    lr: float = Field(1e-3, gt=0)
+    batch_size: BatchSize = 2048  # MMRec's
+    min_steps_per_epoch: MinStepsPerEpoch = 1
+    lr: LearningRate = 1e-3
+    ema_decay: EmaDecay = 0.0
 
 
 class LightGCN(Recommender):
@@ -30,13 +33,19 @@ class LightGCN(Recommender):
     def __init__(self, n_users: int, n_items: int, train_edges: np.ndarray, cfg: LightGCNConfig) -> None:
         super().__init__()
         self.n_users, self.n_items, self.cfg = n_users, n_items, cfg
-        self.user_emb = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(n_users, cfg.dim)))
-        self.item_emb = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(n_items, cfg.dim)))
+        self.user_emb = torch.nn.Parameter(torch.empty(n_users, cfg.dim))
+        self.item_emb = torch.nn.Parameter(torch.empty(n_items, cfg.dim))
         self.register_buffer("adj", normalized_bipartite(train_edges, n_users, n_items), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """ID embeddings drawn as MMRec/LightGCN draw them (xavier uniform)."""
+        torch.nn.init.xavier_uniform_(self.user_emb)
+        torch.nn.init.xavier_uniform_(self.item_emb)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer-mean LightGCN embeddings of all users and items."""
-        out = layer_mean(torch.cat([self.user_emb, self.item_emb]), lambda z: spmm(self.adj, z), self.cfg.n_layers)  # adj is symmetric
+        """Layer-mean LightGCN embeddings of all users and items (adj is symmetric)."""
+        out = layer_mean(torch.cat([self.user_emb, self.item_emb]), lambda z: spmm(self.adj, z), self.cfg.n_layers)
         return out[: self.n_users], out[self.n_users :]
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -47,5 +56,5 @@ class LightGCN(Recommender):
         return bpr + self.cfg.reg_weight * reg, {"bpr": float(bpr.detach())}
 
     @torch.no_grad()
-    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.propagate()
+    def encode(self) -> Encoding:
+        return Encoding.without_experts(*self.propagate())

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from model import CONFIGS
+from model.base import TrainingDefaults
 
 ModelName = Literal["magnet", "lightgcn", "popularity"]
 MODEL_NAMES: tuple[str, ...] = ("magnet", "lightgcn", "popularity")
@@ -40,6 +41,7 @@ class TrainConfig(BaseModel):
     progress: bool = True
     lightgcn: CONFIGS["lightgcn"] = Field(default_factory=CONFIGS["lightgcn"])  # type: ignore[valid-type]
     magnet: CONFIGS["magnet"] = Field(default_factory=CONFIGS["magnet"])  # type: ignore[valid-type]
+    popularity: CONFIGS["popularity"] = Field(default_factory=CONFIGS["popularity"])  # type: ignore[valid-type]
 
     @field_validator("ks")
     @classmethod
@@ -50,26 +52,29 @@ class TrainConfig(BaseModel):
             ks = sorted(set(ks) | {20})
         return sorted(set(ks))
 
-    def model_section(self) -> BaseModel | None:
-        """The nested settings of the chosen model (None for popularity)."""
-        return getattr(self, self.model, None)
+    def model_section(self) -> BaseModel:
+        """The nested settings of the chosen model."""
+        return getattr(self, self.model)
+
+    def training_defaults(self) -> TrainingDefaults:
+        """The chosen model's batch size, steps, learning rate and weight-average decay
+        (popularity has none: it is never trained)."""
+        section = self.model_section()
+        if not isinstance(section, TrainingDefaults):
+            raise ConfigError(f"model {self.model!r} has nothing to train")
+        return section
 
     def train_batch_size(self, n_train: int) -> int:
-        """Explicit batch_size, else the model section's own default (MMRec's 2048),
-        lowered on small data so an epoch still takes `min_steps_per_epoch` steps."""
+        """Explicit batch_size, else the model section's own, lowered on small data so
+        an epoch still takes the model's `min_steps_per_epoch` steps."""
         if self.batch_size is not None:
             return self.batch_size
-        section = self.model_section()
-        size = int(getattr(section, "batch_size", 2048))
-        min_steps = int(getattr(section, "min_steps_per_epoch", 1))
-        return max(1, min(size, -(-n_train // min_steps)))
+        section = self.training_defaults()
+        return max(1, min(section.batch_size, -(-n_train // section.min_steps_per_epoch)))
 
     def learning_rate(self) -> float:
-        """Explicit lr, else the model section's own default."""
-        if self.lr is not None:
-            return self.lr
-        section = self.model_section()
-        return float(getattr(section, "lr", 1e-3))
+        """Explicit lr, else the model section's own."""
+        return self.lr if self.lr is not None else self.training_defaults().lr
 
 
 def _parse_value(raw: str) -> Any:

@@ -1,9 +1,10 @@
-"""The trainer behind `magnet train`: BPR with uniform negatives, full-ranking
-validation every epoch, early stopping on valid Recall@20, and a run directory
-that `magnet evaluate` and `magnet export` read.
+"""The trainer behind `magnet train`: a ranking loss over uniform negatives (each
+model's own: sampled softmax for MAGNET, BPR for LightGCN), full-ranking validation
+every epoch on the weight average, early stopping on valid Recall@20, and a run
+directory that `magnet evaluate` and `magnet export` read.
 
-The run is written into a temporary sibling directory and renamed into place only
-when it is complete, so an interrupted run never looks finished.
+The run is written into a hidden sibling directory and published only when it is
+complete (`offline.publish`), so an interrupted run never looks finished.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from model import build as build_model
-from model.base import Recommender
-from model.popularity import Popularity
+from model.base import Encoding, Recommender
+from offline.averaging import WeightAverage
 from offline.config import TrainConfig, dump_config
 from offline.dataset import Dataset, load_dataset
+from offline.distributed import DistInfo, data_parallel, decided_by_main, dist_info, sum_over_ranks
 from offline.evaluate import embedding_scorer, evaluate, relevance_matrix
 from offline.publish import staged
 
@@ -58,8 +59,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     # Deterministic mode also fills every new uninitialized tensor with NaN, a debugging
-    # aid that changes no result of code that writes before it reads; it cost ~600
-    # fills a MAGNET step.
+    # aid that changes no result of code that writes before it reads, and costs hundreds
+    # of fills a MAGNET step.
     torch.utils.deterministic.fill_uninitialized_memory = False
 
 
@@ -67,7 +68,7 @@ class NegativeSampler:
     """Uniform negatives that are not in the user's training items."""
 
     # Below this many (user, item) cells membership is a dense boolean lookup (<= 64 MB),
-    # ~10x faster than a binary search over the sorted training keys.
+    # much faster than a binary search over the sorted training keys.
     DENSE_CELLS = 1 << 26
 
     def __init__(self, train: np.ndarray, n_items: int, seed: int) -> None:
@@ -82,7 +83,7 @@ class NegativeSampler:
         self.rng = np.random.default_rng(seed)
 
     def _seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        if self.dense is not None:  # flat indexing: ~3x faster than the 2-D fancy index
+        if self.dense is not None:  # flat indexing: faster than the 2-D fancy index
             return self.dense.reshape(-1)[users * self.n_items + items]
         keys = users.astype(np.int64) * self.n_items + items
         pos = np.searchsorted(self.known, keys)
@@ -127,53 +128,22 @@ class History:
         }
 
 
-# ------------------------------------------------------------------ distributed
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _dist_info() -> DistInfo:
-    if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size())
-    return DistInfo()
-
-
-class _LossModule(torch.nn.Module):
-    """Lets DistributedDataParallel wrap a Recommender: its forward is the loss."""
-
-    def __init__(self, model: Recommender) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor):  # noqa: D102
-        return self.model.loss(users, pos, neg)
-
-
 # ------------------------------------------------------------------ evaluation
 
 
 def split_metrics(
-    model: Recommender | Popularity,
+    encoding: Encoding,
     ds: Dataset,
     split: str,
     cfg: TrainConfig,
     device: torch.device,
     item_mask: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Full-ranking metrics of the model's current embeddings on one split."""
-    user_emb, item_emb = model.embeddings()
+    """Full-ranking metrics of an encoding's embeddings on one split."""
     pairs = getattr(ds, split)
     relevant = relevance_matrix(pairs, ds.n_users, ds.n_items, item_mask=item_mask)
     return evaluate(
-        embedding_scorer(user_emb.to(device).float(), item_emb.to(device).float()),
+        embedding_scorer(encoding.user_emb.to(device).float(), encoding.item_emb.to(device).float()),
         ds.train_matrix(),
         relevant,
         ks=cfg.ks,
@@ -187,16 +157,32 @@ def contract_metrics(m: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in m.items() if "@" in k}
 
 
-# ------------------------------------------------------------------ the loop
+def final_metrics(encoding: Encoding, ds: Dataset, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """metrics.json's valid, test and long-tail test blocks."""
+    tail = np.bincount(ds.train[:, 1], minlength=ds.n_items) < cfg.tail_threshold
+    test_tail = split_metrics(encoding, ds, "test", cfg, device, item_mask=tail)
+    return {
+        "valid": contract_metrics(split_metrics(encoding, ds, "valid", cfg, device)),
+        "test": contract_metrics(split_metrics(encoding, ds, "test", cfg, device)),
+        "test_tail": {
+            **contract_metrics(test_tail),
+            "n_users": test_tail["n_users"],
+            "n_items": int(tail.sum()),
+            "threshold": cfg.tail_threshold,
+        },
+    }
+
+
+# ------------------------------------------------------------------ training
 
 
 @contextmanager
-def _no_onednn() -> Iterator[None]:
+def without_onednn() -> Iterator[None]:
     """Turns oneDNN off for the training steps (CPU only; CUDA never uses it). oneDNN
     JIT-compiles and caches one GELU kernel per distinct tensor shape, and a batch's
     number of distinct users and items changes every step: at 10^6 interactions the
-    cache grew by ~30 MB a step (5.8 GB peak RSS) and each new shape paid a compile.
-    ATen's own kernels are as fast here (bench/training.py)."""
+    cache grew without bound and each new shape paid a compile (docs/benchmarks.md).
+    ATen's own kernels are as fast here."""
     enabled = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
@@ -206,51 +192,73 @@ def _no_onednn() -> Iterator[None]:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam at the model's learning rate, as one fused kernel over every parameter:
-    MAGNET has ~30 small tensors, and the per-tensor loop cost 1.0 ms a step on the
-    CPU against 0.27 ms fused (same update rule)."""
+    """Adam at the model's learning rate, as one fused kernel over every parameter
+    (MAGNET has ~30 small tensors; the per-tensor loop costs more than the update)."""
     return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate(), fused=True)
 
 
-def _train_epoch(
-    wrapped: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    ds: Dataset,
-    sampler: NegativeSampler,
-    cfg: TrainConfig,
-    epoch: int,
-    device: torch.device,
-    info: DistInfo,
-) -> dict[str, float]:
-    """One pass over the training pairs; each rank takes its shard of every batch."""
-    wrapped.train()
-    perm = np.random.default_rng(cfg.seed * 100_003 + epoch).permutation(len(ds.train))
-    users_all = ds.train[perm, 0]
-    pos_all = ds.train[perm, 1]
-    loss_module = wrapped.module if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) else wrapped
-    # same draw on every rank (same seed stream)
-    neg_all = sampler.sample(users_all, loss_module.model.n_negatives)
-    use_amp = device.type == "cuda" and cfg.mixed_precision
-    sums: dict[str, float] = {}
-    n_batches = 0
-    batch_size = cfg.train_batch_size(len(perm))
-    with _no_onednn():
-        for start in range(0, len(perm), batch_size):
-            stop = min(start + batch_size, len(perm))
-            shard = slice(start + info.rank, stop, info.world_size)
-            users = torch.as_tensor(users_all[shard], device=device)
-            pos = torch.as_tensor(pos_all[shard], device=device)
-            neg = torch.as_tensor(neg_all[shard], device=device)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, logs = wrapped(users, pos, neg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n_batches += 1
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            for key, value in logs.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-    return {k: v / max(n_batches, 1) for k, v in sums.items()}
+def is_trainable(model: Recommender) -> bool:
+    """A model with parameters to learn (popularity has none: it runs no epochs)."""
+    return any(p.requires_grad for p in model.parameters())
+
+
+class Trainer:
+    """One model's optimisation: the optimizer, the negative sampler and the weight
+    average. `train_epoch` is one epoch of steps (what `fit` loops over and
+    bench/training.py times); `evaluated_weights` swaps in the weights that
+    evaluation, early stopping and export use."""
+
+    def __init__(self, model: Recommender, ds: Dataset, cfg: TrainConfig, device: torch.device,
+                 info: DistInfo | None = None) -> None:
+        self.model, self.ds, self.cfg, self.device = model.to(device), ds, cfg, device
+        self.info = info or dist_info()
+        self.wrapped = data_parallel(model, device)  # forward = the loss
+        self.optimizer = make_optimizer(model, cfg)
+        self.sampler = NegativeSampler(ds.train, ds.n_items, seed=cfg.seed)
+        self.average = WeightAverage(model, cfg.training_defaults().ema_decay)
+
+    def step(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[float, dict[str, float]]:
+        """One optimizer step on a batch, then the weight average's update."""
+        use_amp = self.device.type == "cuda" and self.cfg.mixed_precision
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss, logs = self.wrapped(users, pos, neg)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.average.update()
+        return float(loss.detach()), logs
+
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], dict[str, Any]]:
+        """One pass over the training pairs (each rank takes its shard of every batch),
+        then the model's end of epoch; returns (mean step logs, the model's epoch logs)."""
+        cfg, ds, info = self.cfg, self.ds, self.info
+        self.wrapped.train()
+        perm = np.random.default_rng(cfg.seed * 100_003 + epoch).permutation(len(ds.train))
+        users_all = ds.train[perm, 0]
+        pos_all = ds.train[perm, 1]
+        neg_all = self.sampler.sample(users_all, self.model.n_negatives)  # same draw on every rank
+        sums: dict[str, float] = {}
+        n_batches = 0
+        batch_size = cfg.train_batch_size(len(perm))
+        with without_onednn():
+            for start in range(0, len(perm), batch_size):
+                stop = min(start + batch_size, len(perm))
+                shard = slice(start + info.rank, stop, info.world_size)
+                loss, logs = self.step(*(torch.as_tensor(a[shard], device=self.device)
+                                         for a in (users_all, pos_all, neg_all)))
+                n_batches += 1
+                sums["loss"] = sums.get("loss", 0.0) + loss
+                for key, value in logs.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+        routing = self.model.epoch_end(epoch, sum_over_ranks) or {}
+        return {k: v / max(n_batches, 1) for k, v in sums.items()}, routing
+
+    @contextmanager
+    def evaluated_weights(self) -> Iterator[None]:
+        """The model in eval mode with the weight average swapped in."""
+        self.model.eval()
+        with self.average.swapped_in():
+            yield
 
 
 def _postfix(loss: float, recall: float, routing: dict[str, Any]) -> dict[str, str]:
@@ -263,44 +271,40 @@ def _postfix(loss: float, recall: float, routing: dict[str, Any]) -> dict[str, s
 
 
 def fit(model: Recommender, ds: Dataset, cfg: TrainConfig, device: torch.device) -> tuple[dict, History, int, int]:
-    """Trains with early stopping; returns the best state dict, history, best epoch
-    and the number of epochs run. Under torch.distributed only rank 0 evaluates."""
-    info = _dist_info()
-    model.to(device)
-    wrapped: torch.nn.Module = _LossModule(model)
-    if info.world_size > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            wrapped,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,
-        )
-    optimizer = make_optimizer(model, cfg)
-    sampler = NegativeSampler(ds.train, ds.n_items, seed=cfg.seed)
+    """Trains with early stopping; returns the best epoch's state dict (the weights
+    evaluated, i.e. the weight average when it is on), the history, the best epoch and
+    the number of epochs run. Under torch.distributed only rank 0 evaluates."""
+    trainer = Trainer(model, ds, cfg, device)
+    info = trainer.info
     history = History()
-    best_state = copy.deepcopy(model.state_dict())
+    with trainer.evaluated_weights():
+        best_state = copy.deepcopy(model.state_dict())
     best_recall, best_epoch, since_best, epochs_run = -1.0, 0, 0, 0
     bar = tqdm(
         range(1, cfg.epochs + 1), desc=f"train {cfg.model}", unit="epoch", disable=not (cfg.progress and info.is_main)
     )
     for epoch in bar:
-        logs = _train_epoch(wrapped, optimizer, ds, sampler, cfg, epoch, device, info)
-        routing = model.epoch_end(epoch) or {}
+        logs, routing = trainer.train_epoch(epoch)
         epochs_run = epoch
-        stop = torch.zeros(1)
+        stop = False
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             if info.is_main:
-                model.eval()
-                recall = split_metrics(model, ds, "valid", cfg, device)["recall@20"]
-                routing = {**routing, **model.eval_logs()}
+                with trainer.evaluated_weights():
+                    encoding = model.encode()
+                    recall = split_metrics(encoding, ds, "valid", cfg, device)["recall@20"]
+                    if recall > best_recall:
+                        best_recall, best_epoch, since_best = recall, epoch, 0
+                        best_state = copy.deepcopy(model.state_dict())
+                    else:
+                        since_best += 1
+                utilization = encoding.expert_utilization()
+                if utilization is not None:
+                    log.info("expert utilization %s", [round(u, 3) for u in utilization])
+                    routing = {**routing, "expert_utilization": utilization}
                 history.epochs.append(epoch)
                 history.loss.append(logs.get("loss", float("nan")))
                 history.valid_recall.append(recall)
                 history.routing.append(routing)
-                if recall > best_recall:
-                    best_recall, best_epoch, since_best = recall, epoch, 0
-                    best_state = copy.deepcopy(model.state_dict())
-                else:
-                    since_best += 1
                 bar.set_postfix(_postfix(logs.get("loss", float("nan")), recall, routing))
                 log.log(
                     logging.DEBUG if cfg.progress else logging.INFO,
@@ -308,10 +312,8 @@ def fit(model: Recommender, ds: Dataset, cfg: TrainConfig, device: torch.device)
                     epoch, logs.get("loss", 0.0), recall, best_recall, best_epoch,
                     {k: v for k, v in routing.items() if k in ("stage", "coverage_entropy", "sample_entropy")},
                 )
-                stop[0] = float(since_best >= cfg.patience)
-        if info.world_size > 1:
-            dist.broadcast(stop, src=0)
-        if stop.item():
+                stop = since_best >= cfg.patience
+        if decided_by_main(stop):
             break
     bar.close()
     return best_state, history, best_epoch, epochs_run
@@ -320,10 +322,10 @@ def fit(model: Recommender, ds: Dataset, cfg: TrainConfig, device: torch.device)
 # ------------------------------------------------------------------ run directory
 
 
-def _save_arrays(model: Recommender | Popularity, ds: Dataset, out: Path) -> None:
+def _save_arrays(model: Recommender, encoding: Encoding, ds: Dataset, out: Path) -> None:
     """RUN/arrays/: everything `magnet export` needs, without the dataset dir."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, array in model.export_arrays().items():
+    for name, array in encoding.arrays().items():
         np.save(out / f"{name}.npy", np.ascontiguousarray(array, dtype=np.float32))
     (out / "experts.json").write_text(json.dumps(list(model.experts)))
     (out / "user_ids.json").write_text(json.dumps(list(ds.user_ids)))
@@ -331,29 +333,6 @@ def _save_arrays(model: Recommender | Popularity, ds: Dataset, out: Path) -> Non
     train = ds.train_matrix()
     np.save(out / "train_indptr.npy", train.indptr.astype(np.int64))
     np.save(out / "train_indices.npy", train.indices.astype(np.int64))
-
-
-def _tail_mask(ds: Dataset, threshold: int) -> np.ndarray:
-    counts = np.bincount(ds.train[:, 1], minlength=ds.n_items)
-    return counts < threshold
-
-
-def _final_metrics(
-    model: Recommender | Popularity, ds: Dataset, cfg: TrainConfig, device: torch.device
-) -> dict[str, Any]:
-    model.eval()
-    tail = _tail_mask(ds, cfg.tail_threshold)
-    test_tail = split_metrics(model, ds, "test", cfg, device, item_mask=tail)
-    return {
-        "valid": contract_metrics(split_metrics(model, ds, "valid", cfg, device)),
-        "test": contract_metrics(split_metrics(model, ds, "test", cfg, device)),
-        "test_tail": {
-            **contract_metrics(test_tail),
-            "n_users": test_tail["n_users"],
-            "n_items": int(tail.sum()),
-            "threshold": cfg.tail_threshold,
-        },
-    }
 
 
 def check_run_out(out: Path, overwrite: bool) -> None:
@@ -371,7 +350,7 @@ def train(
     dataset: Dataset | None = None,
 ) -> dict[str, Any]:
     """Trains one model and writes the run directory; returns metrics.json's dict."""
-    info = _dist_info()
+    info = dist_info()
     ds = dataset if dataset is not None else load_dataset(data_dir)
     check_run_out(out, overwrite)
     device = resolve_device(cfg.device)
@@ -379,41 +358,40 @@ def train(
         device = torch.device("cuda", info.rank % torch.cuda.device_count())
     seed_everything(cfg.seed)
     started = time.perf_counter()
-    if cfg.model == "popularity":
-        model: Recommender | Popularity = Popularity(ds.n_users, ds.n_items, ds.train)
-        history, best_epoch, epochs_run = History(), 0, 0
-    else:
-        model = build_model(cfg.model, ds.n_users, ds.n_items, ds.train, ds.features, cfg.model_section())
+    model = build_model(cfg.model, ds.n_users, ds.n_items, ds.train, ds.features, cfg.model_section())
+    history, best_epoch, epochs_run = History(), 0, 0
+    if is_trainable(model):
         best_state, history, best_epoch, epochs_run = fit(model, ds, cfg, device)
         model.load_state_dict(best_state)
     train_seconds = time.perf_counter() - started
     if not info.is_main:
         return {}
-    model.to(device)
-    final = _final_metrics(model, ds, cfg, device)
+    model.to(device).eval()
+    encoding = model.encode()
     metrics: dict[str, Any] = {
         "model": cfg.model,
         "dataset": ds.name,
         "seed": cfg.seed,
         "best_epoch": best_epoch,
-        **final,
+        **final_metrics(encoding, ds, cfg, device),
         "epochs_run": epochs_run,
         "seconds_per_epoch": train_seconds / max(epochs_run, 1),
         "train_seconds": train_seconds,
         "device": device.type,
         "world_size": info.world_size,
     }
-    routing = history.routing_block(getattr(model, "final_utilization", lambda: None)())
+    routing = history.routing_block(encoding.expert_utilization())
     if routing is not None:
         metrics["routing"] = routing
     with staged(out) as tmp:
-        _write_run(tmp, model, ds, cfg, metrics, history, data_dir)
+        _write_run(tmp, model, encoding, ds, cfg, metrics, history, data_dir)
     return metrics
 
 
 def _write_run(
     tmp: Path,
-    model: Recommender | Popularity,
+    model: Recommender,
+    encoding: Encoding,
     ds: Dataset,
     cfg: TrainConfig,
     metrics: dict[str, Any],
@@ -430,8 +408,8 @@ def _write_run(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (tmp / "run.json").write_text(json.dumps(run_info, indent=2))
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "best.pt")
-    _save_arrays(model, ds, tmp / "arrays")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "best.pt")  # the evaluated weights
+    _save_arrays(model, encoding, ds, tmp / "arrays")
     if history.epochs:
         from offline.plots import plot_curves
 

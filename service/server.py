@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,14 @@ from service.logs import configure_logging
 from service.settings import Settings, load_settings, with_worker_defaults
 
 log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on right now (for test and benchmark
+    servers, and the data-parallel trainer's rendezvous)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def resolve_settings(bundle: Path | str | None = None, **overrides: Any) -> Settings:

@@ -48,6 +48,7 @@ def _monitor_rank(rank: int, store_path: str, out_path: str) -> None:
     import torch.distributed as dist
 
     from model.magnet.regularizer import RoutingMonitor
+    from offline.distributed import sum_over_ranks
 
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
     monitor = RoutingMonitor(threshold=0.9, window=2, ramp_epochs=1)
@@ -57,7 +58,7 @@ def _monitor_rank(rank: int, store_path: str, out_path: str) -> None:
         # with 3 batches against 1: the global mean is (3 * 0.95 + 0.80) / 4 = 0.9125.
         for _ in range(3 if rank == 0 else 1):
             monitor.observe(0.95 if rank == 0 else 0.80, 0.5 + rank * 0.1)
-        results.append(monitor.end_epoch(epoch))
+        results.append(monitor.end_epoch(epoch, sum_over_ranks))  # what the trainer passes in
     dist.destroy_process_group()
     with open(out_path, "w") as f:
         json.dump(results, f)

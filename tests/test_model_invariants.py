@@ -82,32 +82,9 @@ def test_export_matches_embeddings_and_its_own_invariant() -> None:
     assert np.allclose(arrays["user_emb"], users.numpy()) and np.allclose(arrays["item_emb"], items.numpy())
     rebuilt = arrays["item_base"] + np.einsum("ie,ied->id", arrays["item_gates"], arrays["item_experts"])
     assert np.allclose(rebuilt, arrays["item_emb"], atol=1e-5)
-    # base is the collaborative part c_i (of the averaged weights that serving uses)
-    with model.averaged():
-        _, c_i = model.collaborative()
+    # base is the collaborative part c_i of the weights export reads
+    _, c_i = model.collaborative()
     assert np.allclose(arrays["item_base"], c_i.detach().numpy(), atol=1e-6)
-
-
-def test_serving_uses_the_weight_average_and_training_keeps_raw_weights() -> None:
-    model = _model()
-    raw_before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    _train_a_little(model, steps=4)
-    model.epoch_end(1)  # folds in the last step
-    assert int(model.ema_updates) == 4
-    raw = {k: v.detach().clone() for k, v in model.named_parameters()}
-    ema_emb = model.embeddings()[1]
-    assert all(torch.equal(v, dict(model.named_parameters())[k]) for k, v in raw.items())  # restored
-    # the average lies strictly between the init and the current weights for the item table
-    avg = model.ema__item_emb
-    assert not torch.equal(avg, raw["item_emb"]) and not torch.equal(avg, raw_before["item_emb"])
-    with model.averaged():
-        assert torch.equal(model.item_emb, avg)
-        assert torch.allclose(model.forward_all()["items"]["emb"], ema_emb)
-    off = _model(ema_decay=0.0)
-    _train_a_little(off, steps=2)
-    assert torch.allclose(off.embeddings()[1], off.forward_all()["items"]["emb"])
-    # the average travels in the state dict, so the best epoch's export is reproducible
-    assert "ema__item_emb" in model.state_dict() and "ema_updates" in model.state_dict()
 
 
 def test_serving_path_is_deterministic() -> None:
@@ -258,17 +235,21 @@ def test_model_epoch_end_reports_routing() -> None:
         assert key in out
     assert 0 <= out["coverage_entropy"] <= 1 and 0 <= out["sample_entropy"] <= 1
     assert out["stage"] == 1 and out["stage_switch_epoch"] is None
-    # utilization comes with the evaluation: read off embeddings()' routing, equal to a fresh pass
+    # utilization is read off the encoding the evaluation computes anyway: the share of
+    # items whose largest gate is each expert, as the exported gates show it
     model.eval()
-    model.embeddings()
-    util = model.eval_logs()["expert_utilization"]
+    util = model.encode().expert_utilization()
     assert len(util) == 4 and sum(util) == pytest.approx(1.0)
-    assert util == model.final_utilization()
-    assert model.eval_logs()["expert_utilization"] == util  # without a fresh embeddings() it runs its own pass
-    model.embeddings()
-    _train_a_little(model, steps=20)  # a training step drops the evaluation's routing: it is stale
-    model.eval()
-    assert model.eval_logs()["expert_utilization"] == model.final_utilization()
+    assert util == _top1_shares(model)
+    assert model.encode().expert_utilization() == util  # a fresh pass gives the same
+    _train_a_little(model, steps=20)  # the weights move on: the encoding's routing follows
+    assert model.encode().expert_utilization() == _top1_shares(model)
+
+
+def _top1_shares(model: MAGNET) -> list[float]:
+    gates = torch.as_tensor(model.export_arrays()["item_gates"])
+    counts = torch.bincount(gates.argmax(1), minlength=gates.shape[1]).float()
+    return [float(v) for v in counts / N_ITEMS]
 
 
 # ----------------------------------------------------------------- ablations & modalities
@@ -426,8 +407,8 @@ def test_loss_with_several_negatives_scores_the_right_rows(kind: str) -> None:
     neg = torch.randint(0, N_ITEMS, (16, 3), generator=gen)
     with torch.no_grad():
         loss, _ = model.loss(users, pos, neg)
-        out = model.forward_all(train=False)
-        e_u, e_i = out["users"]["emb"][users], out["items"]["emb"]
+        mixed_u, mixed_i = model.mix_all(train=False)
+        e_u, e_i = mixed_u.emb[users], mixed_i.emb
         expected = ranking_loss((e_u * e_i[pos]).sum(1), torch.einsum("bd,bnd->bn", e_u, e_i[neg]), kind)
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 

@@ -91,10 +91,10 @@ def test_unique_ids_match_torch_unique():
 
 
 def test_training_steps_run_without_onednn_and_restore_the_flag():
-    from offline.train import _no_onednn
+    from offline.train import without_onednn
 
     before = torch.backends.mkldnn.enabled
-    with _no_onednn():
+    with without_onednn():
         assert torch.backends.mkldnn.enabled is False
     assert torch.backends.mkldnn.enabled == before
 

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.base import BatchSize, EmaDecay, LearningRate, MinStepsPerEpoch
+
 
 class MagnetConfig(BaseModel):
     """Hyper-parameters and ablation switches of MAGNET (see shared/MAGNET.md)."""
@@ -15,11 +17,10 @@ class MagnetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # optimisation -------------------------------------------------------------
-    batch_size: int = Field(8192, ge=1, description="training rows per step (the trainer's default for this model)")
-    min_steps_per_epoch: int = Field(
-        8, ge=1, description="on small data the default batch shrinks so an epoch still has this many steps"
-    )
-    lr: float = Field(1e-2, gt=0, description="Adam learning rate (the trainer's default for this model)")
+    batch_size: BatchSize = 8192
+    min_steps_per_epoch: MinStepsPerEpoch = 8
+    lr: LearningRate = 1e-2
+    ema_decay: EmaDecay = 0.99
     reg_weight: float = Field(1e-3, ge=0, description="MMRec EmbLoss weight on the batch's ID (layer-0) embeddings")
     negatives: int = Field(8, ge=1, description="uniform negatives drawn per positive (outside the user's items)")
     loss: Literal["bpr", "hard", "softmax"] = Field(
@@ -27,11 +28,6 @@ class MagnetConfig(BaseModel):
         "(dynamic negative sampling); softmax: sampled softmax over positive + negatives"
     )
     softmax_temperature: float = Field(1.0, gt=0, description="temperature of the softmax loss")
-    ema_decay: float = Field(
-        0.99, ge=0, lt=1, description="serving/evaluation use an exponential moving average of the weights "
-        "(per training step, warmed up); 0 uses the raw weights. The content MLPs make single-epoch "
-        "weights jumpy (valid recall@20 swings by +-0.01 between epochs); the average is smooth"
-    )
 
     # dual-view graph learning -------------------------------------------------
     dim: int = Field(64, ge=1, description="embedding width d")

@@ -36,6 +36,10 @@ class AugmentedView(nn.Module):
         self.n_layers = n_layers
         self.mix_logits = nn.Parameter(torch.zeros(n_modalities))
 
+    def reset_parameters(self) -> None:
+        """An even mixture: a = 0."""
+        nn.init.zeros_(self.mix_logits)
+
     def mixture(self) -> Tensor:
         """softmax(a): each modality's share of the content edges."""
         return torch.softmax(self.mix_logits, dim=0)
@@ -59,6 +63,10 @@ class GatedFusion(nn.Module):
         super().__init__()
         self.gate = nn.Parameter(torch.zeros(dim))
 
+    def reset_parameters(self) -> None:
+        """w = 0: the augmented view enters at half weight."""
+        nn.init.zeros_(self.gate)
+
     def forward(self, h: Tensor, h_aug: Tensor) -> Tensor:
         return h + torch.sigmoid(self.gate) * h_aug
 
@@ -80,6 +88,13 @@ class ModalityEncoder(nn.Module):
             {name: nn.Sequential(nn.Linear(features[name].shape[1], hidden), nn.GELU(), nn.Linear(hidden, dim))
              for name in self.names}
         )
+
+    def reset_parameters(self) -> None:
+        """Each MLP's layers, in modality order."""
+        for name in self.names:
+            for layer in self.mlps[name]:
+                if isinstance(layer, nn.Linear):
+                    layer.reset_parameters()
 
     def forward(self, knn: list[Tensor], user_mean: Tensor, user_mean_t: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Returns ([p_u^m for m], [p_i^m for m]) in sorted modality order; all graphs

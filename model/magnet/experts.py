@@ -46,6 +46,14 @@ class ExpertMLP(nn.Module):
         self.act = nn.GELU()
         self.out = nn.Linear(hidden, dim, bias=False)
 
+    def reset_parameters(self) -> None:
+        """The linear layers' own initialisation, a zero hidden bias."""
+        self.content.reset_parameters()
+        if self.anchor is not None:
+            self.anchor.reset_parameters()
+        nn.init.zeros_(self.bias)
+        self.out.reset_parameters()
+
     def forward(self, content: Tensor, content_ref: Tensor, anchor: Tensor | None = None) -> Tensor:
         """f([content ; anchor]) - f([content_ref ; anchor]); content_ref may be one row."""
         base = self.bias
@@ -81,6 +89,11 @@ class ModalityExperts(nn.Module):
     @property
     def n_experts(self) -> int:
         return len(self.specs)
+
+    def reset_parameters(self) -> None:
+        """Every expert's template, in output order."""
+        for template in self._templates():
+            template.reset_parameters()
 
     def forward(self, c: Tensor, p: list[Tensor], p_ref: list[Tensor]) -> Tensor:
         """x [B, E, d] for rows c [B, d], p^m [B, d]; p_ref^m [d] is the reference content."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from model.base import SumOverRanks, local_sums
 
 _EPS = 1e-12
 
@@ -66,21 +66,13 @@ class RoutingMonitor:
         self._sums["sample"] += sample
         self._batches += 1
 
-    def _epoch_totals(self) -> tuple[float, float, int]:
-        """This epoch's entropy sums and batch count, summed over data-parallel ranks
-        so every rank sees the same means and takes the same stage decision."""
-        totals = (self._sums["coverage"], self._sums["sample"], self._batches)
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return totals
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-        t = torch.tensor([float(v) for v in totals], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return float(t[0]), float(t[1]), int(round(float(t[2])))
-
-    def end_epoch(self, epoch: int) -> dict:
-        """Epoch means (over all ranks), the stage this epoch ran under, and the switch
-        epoch so far."""
-        cov_sum, smp_sum, batches = self._epoch_totals()
+    def end_epoch(self, epoch: int, sum_over_ranks: SumOverRanks = local_sums) -> dict:
+        """Epoch means, the stage this epoch ran under, and the switch epoch so far.
+        Under data parallelism the entropy sums and batch counts go through
+        `sum_over_ranks` first, so every process sees the same means and takes the
+        same stage decision."""
+        cov_sum, smp_sum, n_batches = sum_over_ranks([self._sums["coverage"], self._sums["sample"], self._batches])
+        batches = int(round(n_batches))
         n = max(batches, 1)
         coverage, sample = cov_sum / n, smp_sum / n
         ran_under = self.stage

@@ -22,6 +22,9 @@ class TopKRouter(nn.Module):
         self.temperature = temperature
         self.noise_std = noise_std
 
+    def reset_parameters(self) -> None:
+        self.proj.reset_parameters()
+
     def forward(self, c: Tensor, noise: bool | None = None) -> tuple[Tensor, Tensor]:
         """Returns (g [B, E] sparse weights, q [B, E] dense softmax)."""
         noise = self.training if noise is None else noise
