@@ -48,8 +48,8 @@ async def _watch(holder: ModelHolder, settings: Settings) -> None:
 
     Each worker process runs its own watcher, so a re-export reaches all of them
     (POST /admin/reload only reaches the worker that received it). A version that
-    fails to load is retried a few times (a load can race the directory being
-    replaced), then left alone until the manifest changes again."""
+    fails to load is retried MAGNET_WATCH_RETRIES times (a load can race the
+    directory being replaced), then left alone until the manifest changes again."""
     failures: dict[str, int] = {}
     while True:
         await asyncio.sleep(settings.watch_s)
@@ -61,7 +61,7 @@ async def _watch(holder: ModelHolder, settings: Settings) -> None:
         except (OSError, ValueError, AttributeError):
             continue  # mid-replacement or unreadable: look again next tick
         current = holder.state.model_version if holder.state else None
-        if version and version != current and failures.get(version, 0) < 3:
+        if version and version != current and failures.get(version, 0) < settings.watch_retries:
             try:
                 await holder.load(path)
                 failures.clear()

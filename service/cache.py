@@ -2,8 +2,9 @@
 
 With Redis, a small in-process LRU sits in front of it by default
 (MAGNET_LOCAL_CACHE_SIZE entries for MAGNET_LOCAL_CACHE_TTL_S seconds; size 0 turns
-it off): a redis-py asyncio round trip costs ~150-190 us of CPU, more than the rest
-of a cached request, so hot keys are answered from process memory instead.
+it off): a redis-py asyncio round trip costs more CPU than the rest of a cached
+request (docs/benchmarks.md, "Serving"), so hot keys are answered from process
+memory instead.
 
 Values are the exact JSON bytes of a response body, so a hit is served without
 re-encoding. Keys start with ``magnet:<model_version>:`` so a reload never serves
@@ -118,7 +119,7 @@ class RedisCache:
     backend = "redis"
 
     def __init__(self, url: str, *, ttl_s: int, timeout_s: float, backoff_s: float, backoff_max_s: float,
-                 metrics: Metrics) -> None:
+                 max_connections: int, metrics: Metrics) -> None:
         from redis.asyncio import Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
@@ -130,7 +131,7 @@ class RedisCache:
             retry=Retry(NoBackoff(), 0),  # one try; we answer without the cache instead of waiting
             retry_on_timeout=False,
             health_check_interval=0,
-            max_connections=256,
+            max_connections=max_connections,
         )
         self._ttl = ttl_s
         self._timeout = timeout_s
@@ -289,7 +290,7 @@ def make_cache(settings: Settings, metrics: Metrics) -> Cache:
         return LocalCache(max_items=settings.cache_max_items, ttl_s=settings.cache_ttl_s, metrics=metrics)
     redis = RedisCache(settings.redis_url, ttl_s=settings.cache_ttl_s, timeout_s=settings.redis_timeout_s,
                        backoff_s=settings.redis_backoff_s, backoff_max_s=settings.redis_backoff_max_s,
-                       metrics=metrics)
+                       max_connections=settings.redis_max_connections, metrics=metrics)
     if not uses_front_tier(settings):
         return redis
     ttl_s = min(settings.local_cache_ttl_s, settings.cache_ttl_s)  # never outlive what Redis would keep

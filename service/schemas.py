@@ -11,8 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.settings import DEFAULT_MAX_BATCH_USERS, MAX_BATCH_USERS_CEILING
+
 MAX_K = 1000
-MAX_BATCH_USERS = 100_000  # hard ceiling; MAGNET_MAX_BATCH_USERS (default 1000) is the limit in force
 
 
 class ScoredItem(BaseModel):
@@ -33,7 +34,8 @@ class BatchRecommendRequest(BaseModel):
     model_config = ConfigDict(coerce_numbers_to_str=True, extra="forbid")
 
     user_ids: list[str] = Field(
-        max_length=MAX_BATCH_USERS, description="external user ids; at most MAGNET_MAX_BATCH_USERS (default 1000)"
+        max_length=MAX_BATCH_USERS_CEILING,
+        description=f"external user ids; at most MAGNET_MAX_BATCH_USERS (default {DEFAULT_MAX_BATCH_USERS})"
     )
     k: int = Field(10, ge=1, le=MAX_K, description="items per user")
 

@@ -53,7 +53,7 @@ def serve(bundle: Path | str | None = None, host: str = "127.0.0.1", port: int =
     configure_logging(settings.log_level, json_lines=settings.log_json)
     settings = with_worker_defaults(settings)
     common = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
-              "timeout_graceful_shutdown": 10, "proxy_headers": True}
+              "timeout_graceful_shutdown": settings.graceful_shutdown_s, "proxy_headers": True}
     log.info("starting MAGNET serving", extra={
         "bundle": str(settings.bundle), "host": settings.host, "port": settings.port, "workers": settings.workers,
         "watch_s": settings.watch_s, "cache": "redis" if settings.redis_url else "local"})

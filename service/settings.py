@@ -14,6 +14,11 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+#: hard ceiling of MAGNET_MAX_BATCH_USERS; the request schema refuses longer lists outright
+MAX_BATCH_USERS_CEILING = 100_000
+DEFAULT_MAX_BATCH_USERS = 1000
+
+
 class SettingsError(ValueError):
     """A MAGNET_* setting with an invalid value; the message names the variable."""
 
@@ -41,8 +46,14 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(0.05, gt=0, description="socket connect/read timeout per Redis call")
     redis_backoff_s: float = Field(1.0, gt=0, description="first pause before retrying Redis after an error")
     redis_backoff_max_s: float = Field(30.0, gt=0, description="longest pause between Redis retries")
+    redis_max_connections: int = Field(256, ge=1, description="connections the Redis client pool may open")
     search_margin: int = Field(16, ge=0, description="extra candidates fetched so rescoring never loses the K-th item")
-    max_batch_users: int = Field(1000, ge=1, le=100_000, description="most user_ids one POST /recommend may carry (422 above)")
+    max_batch_users: int = Field(DEFAULT_MAX_BATCH_USERS, ge=1, le=MAX_BATCH_USERS_CEILING,
+                                 description="most user_ids one POST /recommend may carry (422 above)")
+    offload_work: int = Field(
+        4_000_000, ge=0, description="a /recommend search bigger than this many multiply-adds (queries x items x "
+        "dim) runs in a worker thread instead of on the event loop, so other requests keep being answered"
+    )
     faiss_threads: int = Field(
         1, ge=1, description="OpenMP threads per FAISS search; 1 is fastest for single queries "
         "(parallelism comes from concurrent requests and workers; more threads spin on busy CPUs)"
@@ -54,12 +65,17 @@ class Settings(BaseSettings):
         0.0, ge=0, description="poll the bundle's manifest every N seconds and reload when its model_version "
         "changes (0 = off); lets every worker of a multi-worker server pick up a re-export"
     )
+    watch_retries: int = Field(
+        3, ge=1, description="loads of a new model_version the watcher tries before leaving it alone until "
+        "the manifest changes again (a load can race the directory being replaced)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(True, description="one JSON object per log line (false -> plain text)")
     access_log: bool = Field(True, description="one log line per request with route, status and latency")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes (metrics are per process)")
+    graceful_shutdown_s: float = Field(10.0, gt=0, description="seconds requests in flight get to finish on shutdown")
 
 
 def load_settings(**values: object) -> Settings:

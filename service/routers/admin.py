@@ -6,10 +6,10 @@ import logging
 import time
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from service.bundle import BundleError
-from service.dependencies import HolderDep, SettingsDep, require_admin
+from service.dependencies import require_admin
 from service.responses import OrjsonResponse
 from service.schemas import ErrorResponse, ReloadRequest, ReloadResponse
 
@@ -21,10 +21,11 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 @router.post("/reload", response_model=ReloadResponse,
              responses={409: {"model": ErrorResponse, "description": "bundle failed verification; old one serves"}},
              summary="Load a bundle and swap it in atomically")
-async def reload(holder: HolderDep, settings: SettingsDep, body: ReloadRequest | None = None) -> OrjsonResponse:
+async def reload(request: Request, body: ReloadRequest | None = None) -> OrjsonResponse:
     """Verifies the bundle (the current path, or ``{"bundle": path}``) completely
     before swapping; requests in flight finish on the old model, none is dropped.
     A bundle that fails verification -> 409 and the old one keeps serving."""
+    holder, settings = request.app.state.holder, request.app.state.settings
     path = Path(body.bundle) if body and body.bundle else (holder.path or settings.bundle)
     if path is None:
         raise HTTPException(status_code=409, detail='no bundle path: pass {"bundle": path} or set MAGNET_BUNDLE')

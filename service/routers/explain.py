@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request
 
+from service.answers import explanation
 from service.dependencies import model_or_503
-from service.ranking import explanation
 from service.responses import OrjsonResponse
 from service.schemas import ErrorResponse, Explanation
 
@@ -18,7 +18,7 @@ router = APIRouter(tags=["explain"])
 async def explain(user_id: str, item_id: str, request: Request) -> OrjsonResponse:
     """score = base + sum(contribution), with score identical to /recommend's for the
     pair. Cached per model_version; ``cached`` says whether this answer came from it."""
-    state = model_or_503(request)  # no Depends(): see service.dependencies
+    state = model_or_503(request)
     if user_id not in state.user_index:
         raise HTTPException(status_code=404, detail=f"unknown user_id {user_id!r}")
     if item_id not in state.item_index:

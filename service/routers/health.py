@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from service.dependencies import HolderDep
 from service.responses import OrjsonResponse
 from service.schemas import Health, NotReady, Ready
 
@@ -18,8 +17,9 @@ async def healthz() -> OrjsonResponse:
 
 
 @router.get("/readyz", response_model=Ready, responses={503: {"model": NotReady}}, summary="A bundle is loaded")
-async def readyz(holder: HolderDep) -> OrjsonResponse:
+async def readyz(request: Request) -> OrjsonResponse:
     """200 with the served model_version once a bundle is loaded, 503 before (a readiness probe)."""
+    holder = request.app.state.holder
     state = holder.state
     if state is None:
         if holder.loading:

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 
+from service.answers import recommendations
 from service.dependencies import model_or_503
-from service.ranking import recommendations
 from service.responses import OrjsonResponse
 from service.schemas import MAX_K, BatchRecommendRequest, BatchRecommendResponse, ErrorResponse, Recommendation
 
@@ -25,9 +25,10 @@ async def recommend_one(
 ) -> OrjsonResponse:
     """Best-scoring items the user has not trained on, by e_u . e_i; an unknown user
     gets the most popular items with ``fallback: "popular"``. ``X-Cache`` says hit/miss."""
-    app = request.app.state  # no Depends(): see service.dependencies
+    app = request.app.state
     ((body, status),) = await recommendations(model_or_503(request), app.cache, app.metrics, [user_id], k,
-                                              use_cache=app.settings.cache_recommendations)
+                                              use_cache=app.settings.cache_recommendations,
+                                              offload_work=app.settings.offload_work)
     return OrjsonResponse(body, headers={"x-cache": status})
 
 
@@ -48,5 +49,5 @@ async def recommend_many(
             "ctx": {"field_type": "List", "max_length": limit, "actual_length": len(body.user_ids)},
         }])
     parts = await recommendations(model_or_503(request), app.cache, app.metrics, body.user_ids, body.k,
-                                  use_cache=app.settings.cache_recommendations)
+                                  use_cache=app.settings.cache_recommendations, offload_work=app.settings.offload_work)
     return OrjsonResponse(b'{"results":[' + b",".join(data for data, _ in parts) + b"]}")

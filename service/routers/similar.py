@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
+from service.answers import compute_similar
 from service.dependencies import model_or_503
-from service.ranking import compute_similar
 from service.responses import OrjsonResponse
 from service.schemas import MAX_K, ErrorResponse, SimilarItems
 
@@ -24,7 +24,7 @@ async def similar(
 ) -> OrjsonResponse:
     """Items with the largest inner product with this item's embedding (the same
     index /recommend uses), excluding the item itself."""
-    state = model_or_503(request)  # no Depends(): see service.dependencies
+    state = model_or_503(request)
     item = state.item_index.get(item_id)
     if item is None:
         raise HTTPException(status_code=404, detail=f"unknown item_id {item_id!r}")

@@ -1,4 +1,5 @@
-"""Building /recommend, /similar and /explain bodies, with the cache in front.
+"""The answers of /recommend, /similar and /explain: their bodies, built from the
+served model, with the cache in front (read first, written after computing).
 
 Bodies are encoded once with orjson; the bytes are what the cache stores and what a
 hit returns, so a cached answer is byte-for-byte the computed one.
@@ -17,10 +18,6 @@ from service.cache import Cache, explain_key, recommend_key
 from service.explanations import explain_pair
 from service.metrics import Metrics
 from service.state import ModelState
-
-#: searches bigger than this (queries x items x dim multiply-adds) leave the event loop
-OFFLOAD_WORK = 4_000_000
-
 
 def _items(state: ModelState, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
     item_ids = state.bundle.item_ids
@@ -46,10 +43,13 @@ def compute_recommendations(state: ModelState, user_ids: Sequence[str], k: int) 
 
 
 async def recommendations(
-    state: ModelState, cache: Cache, metrics: Metrics, user_ids: Sequence[str], k: int, *, use_cache: bool = True
+    state: ModelState, cache: Cache, metrics: Metrics, user_ids: Sequence[str], k: int, *,
+    use_cache: bool, offload_work: int,
 ) -> list[tuple[bytes, str]]:
     """(JSON body, "hit" | "miss" | "fallback") per user. Known users go through the
-    cache (one MGET / one pipelined SET for a batch); fallbacks are cheap and not cached."""
+    cache (one MGET / one pipelined SET for a batch); fallbacks are cheap and not cached.
+    A search of more than `offload_work` multiply-adds (queries x items x dim) runs in
+    a worker thread, keeping the event loop free for other requests."""
     known = [n for n, u in enumerate(user_ids) if u in state.user_index]
     cached: list[bytes | None] = [None] * len(user_ids)
     if use_cache and known:
@@ -61,7 +61,7 @@ async def recommendations(
     if todo:
         wanted = [user_ids[n] for n in todo]
         b = state.bundle
-        if len(todo) * b.n_items * b.dim > OFFLOAD_WORK:  # keep the loop free for other requests
+        if len(todo) * b.n_items * b.dim > offload_work:
             bodies = await run_in_threadpool(compute_recommendations, state, wanted, k)
         else:
             bodies = compute_recommendations(state, wanted, k)
