@@ -1,6 +1,6 @@
 """Serving cost: requests/s and p50/p95/p99 latency of the real HTTP server under `wrk`.
 
-A bundle of realistic size is fabricated (tests/run_fixture.py + offline/export.py,
+A bundle of realistic size is fabricated (offline/synthetic.make_run + offline/export.py,
 default 10k users x 20k items, d=64, 4 experts; --quick: 2k x 5k), served by
 `magnet serve` (uvicorn, one worker) in a subprocess on a free loopback port, and
 driven by `wrk` from a separate process with generated Lua scripts that spread the
@@ -63,6 +63,7 @@ from fastapi import Query, Request  # module level: the control app's annotation
 from bench.common import machine_info as _common_machine_info
 from bench.common import utc_now, write_json
 from service.responses import OrjsonResponse
+from service.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 16, 64)
@@ -92,12 +93,6 @@ def machine_info() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -626,9 +621,8 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str) -> None:
 
 
 def make_bundle(tmp: Path, n_users: int, n_items: int, dim: int, n_experts: int, seed: int) -> Path:
-    sys.path.insert(0, str(ROOT / "tests"))
     from offline.export import export_bundle
-    from run_fixture import make_run
+    from offline.synthetic import make_run
 
     make_run(tmp / "run", n_users=n_users, n_items=n_items, dim=dim, n_experts=n_experts, seed=seed)
     return export_bundle(tmp / "run", tmp / "bundle")

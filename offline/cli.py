@@ -32,23 +32,12 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     """Error types whose message is meant for the user (imported lazily: start-up stays fast)."""
     from offline.config import ConfigError
     from offline.dataset import DatasetError
+    from offline.export import ExportError
     from offline.train import TrainError
+    from service.bundle import BundleError
+    from service.settings import SettingsError
 
-    errors: list[type[BaseException]] = [ConfigError, DatasetError, TrainError, FileNotFoundError]
-    try:
-        from offline.export import ExportError
-
-        errors.append(ExportError)
-    except ImportError:  # pragma: no cover - export is optional for training-only installs
-        pass
-    try:
-        from service.bundle import BundleError
-        from service.settings import SettingsError
-
-        errors.extend([BundleError, SettingsError])
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
+    return (ConfigError, DatasetError, TrainError, ExportError, BundleError, SettingsError, FileNotFoundError)
 
 
 def _fail(message: str, code: int = 1) -> None:

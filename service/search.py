@@ -35,10 +35,10 @@ def score_items(user_vec: np.ndarray, item_emb: np.ndarray, items: np.ndarray) -
     return (rows * user_vec.astype(np.float64)).sum(axis=1)
 
 
-def _drop(cand: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+def drop_excluded(cand: np.ndarray, exclude: np.ndarray) -> np.ndarray:
     """`cand` without the items in `exclude`, order kept: ``cand[~np.isin(cand, exclude)]``
-    by a sort and a binary search: ~5 us where np.isin's general machinery took
-    ~25 us per call, a tenth of a whole computed /recommend."""
+    by a sort and a binary search, a fraction of np.isin's general machinery on the
+    computed /recommend path (timed in docs/benchmarks.md, "Serving")."""
     if not exclude.size:
         return cand
     ex = np.sort(exclude)
@@ -104,7 +104,7 @@ class ItemSearcher:
                 cand = ids[row]
                 cand = cand[cand >= 0]
                 if excludes[j].size:
-                    cand = _drop(cand, excludes[j])
+                    cand = drop_excluded(cand, excludes[j])
                 if cand.size < wanted[j]:
                     if depth < n:
                         retry.append(j)

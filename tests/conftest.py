@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,14 +24,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # helpers such as run_fixture import as plain modules
 
-from run_fixture import FakeRun, make_run  # noqa: E402
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from offline.synthetic import FakeRun, make_run  # noqa: E402
+from service.server import free_port  # noqa: E402
 
 
 # ----------------------------------------------------------------- runs / bundles

@@ -25,7 +25,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from service.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -194,12 +195,6 @@ def dockerignored(rel: str) -> bool:
         if any(re.fullmatch(regex, c) for c in candidates):
             ignored = not negate
     return ignored
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, dict]:

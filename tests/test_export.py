@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from run_fixture import brute_force_topk, flip_byte, make_run
+from run_fixture import brute_force_topk, flip_byte
 
 from offline.export import ExportError, export_bundle
+from offline.synthetic import make_run
 from service.bundle import BundleError, load_bundle
 from service.bundle_format import BUNDLE_FILES
 from service.search import ItemSearcher

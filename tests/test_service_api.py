@@ -11,9 +11,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from run_fixture import brute_force_topk, flip_byte, make_run
+from run_fixture import brute_force_topk, flip_byte
 
 from offline.export import export_bundle
+from offline.synthetic import make_run
 from service.schemas import BatchRecommendResponse, Explanation, Ready, Recommendation, SimilarItems
 
 TOKEN = "test-admin-token"
