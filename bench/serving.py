@@ -284,13 +284,17 @@ end
 
 # Requests read from a file (one path, or one POST body, per line), pre-formatted in
 # init() and cycled from a per-thread offset, so request() costs wrk nothing.
-LUA_CYCLE = r"""
-local reqs, n, i = {}, 0, 0
+LUA_THREAD_IDS = r"""
 local threads = 0
 setup = function(thread)
   thread:set("tid", threads)
   threads = threads + 1
 end
+"""
+
+LUA_CYCLE = r"""
+local reqs, n, i = {}, 0, 0
+""" + LUA_THREAD_IDS + r"""
 init = function(args)
   local file, method = args[1], args[2]
   for line in io.lines(file) do
@@ -312,11 +316,7 @@ end
 # Uniformly random pairs from users x items (a space far larger than any cache).
 LUA_RANDOM_PAIRS = r"""
 local users, items = {}, {}
-local threads = 0
-setup = function(thread)
-  thread:set("tid", threads)
-  threads = threads + 1
-end
+""" + LUA_THREAD_IDS + r"""
 init = function(args)
   for line in io.lines(args[1]) do users[#users + 1] = line end
   for line in io.lines(args[2]) do items[#items + 1] = line end

@@ -7,13 +7,16 @@ validate real responses against them to keep the two in step.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.settings import DEFAULT_MAX_BATCH_USERS, MAX_BATCH_USERS_CEILING
 
 MAX_K = 1000
+#: the ?k= query parameter of GET /recommend and /similar (422 outside 1..MAX_K)
+KQuery = Annotated[int, Query(ge=1, le=MAX_K, description="number of items")]
 
 
 class ScoredItem(BaseModel):

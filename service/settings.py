@@ -50,10 +50,8 @@ class Settings(BaseSettings):
     search_margin: int = Field(16, ge=0, description="extra candidates fetched so rescoring never loses the K-th item")
     max_batch_users: int = Field(DEFAULT_MAX_BATCH_USERS, ge=1, le=MAX_BATCH_USERS_CEILING,
                                  description="most user_ids one POST /recommend may carry (422 above)")
-    offload_work: int = Field(
-        4_000_000, ge=0, description="a /recommend search bigger than this many multiply-adds (queries x items x "
-        "dim) runs in a worker thread instead of on the event loop, so other requests keep being answered"
-    )
+    offload_work: int = Field(4_000_000, ge=0, description="a /recommend search of more multiply-adds "
+                              "(queries x items x dim) runs in a worker thread, off the event loop")
     faiss_threads: int = Field(
         1, ge=1, description="OpenMP threads per FAISS search; 1 is fastest for single queries "
         "(parallelism comes from concurrent requests and workers; more threads spin on busy CPUs)"
@@ -65,10 +63,8 @@ class Settings(BaseSettings):
         0.0, ge=0, description="poll the bundle's manifest every N seconds and reload when its model_version "
         "changes (0 = off); lets every worker of a multi-worker server pick up a re-export"
     )
-    watch_retries: int = Field(
-        3, ge=1, description="loads of a new model_version the watcher tries before leaving it alone until "
-        "the manifest changes again (a load can race the directory being replaced)"
-    )
+    watch_retries: int = Field(3, ge=1, description="tries the watcher gives a new model_version (a load can "
+                               "race the directory being replaced) before waiting for the next one")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(True, description="one JSON object per log line (false -> plain text)")
     access_log: bool = Field(True, description="one log line per request with route, status and latency")

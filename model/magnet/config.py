@@ -17,10 +17,6 @@ class MagnetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # optimisation -------------------------------------------------------------
-    batch_size: BatchSize = 8192
-    min_steps_per_epoch: MinStepsPerEpoch = 8
-    lr: LearningRate = 1e-2
-    ema_decay: EmaDecay = 0.99
     reg_weight: float = Field(1e-3, ge=0, description="MMRec EmbLoss weight on the batch's ID (layer-0) embeddings")
     negatives: int = Field(8, ge=1, description="uniform negatives drawn per positive (outside the user's items)")
     loss: Literal["bpr", "hard", "softmax"] = Field(
@@ -28,6 +24,11 @@ class MagnetConfig(BaseModel):
         "(dynamic negative sampling); softmax: sampled softmax over positive + negatives"
     )
     softmax_temperature: float = Field(1.0, gt=0, description="temperature of the softmax loss")
+    # what the trainer reads (model.base.TrainingDefaults); see docs/model.md for the choice
+    batch_size: BatchSize = 8192
+    min_steps_per_epoch: MinStepsPerEpoch = 8
+    lr: LearningRate = 1e-2
+    ema_decay: EmaDecay = 0.99
 
     # dual-view graph learning -------------------------------------------------
     dim: int = Field(64, ge=1, description="embedding width d")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 
 from service.answers import recommendations
 from service.dependencies import model_or_503
 from service.responses import OrjsonResponse
-from service.schemas import MAX_K, BatchRecommendRequest, BatchRecommendResponse, ErrorResponse, Recommendation
+from service.schemas import BatchRecommendRequest, BatchRecommendResponse, ErrorResponse, KQuery, Recommendation
 
 router = APIRouter(tags=["recommend"])
 _503 = {503: {"model": ErrorResponse, "description": "no bundle loaded yet"}}
@@ -18,11 +16,7 @@ _503 = {503: {"model": ErrorResponse, "description": "no bundle loaded yet"}}
 
 @router.get("/recommend/{user_id}", response_model=Recommendation, responses=_503,
             summary="Top-K items for a user")
-async def recommend_one(
-    user_id: str,
-    request: Request,
-    k: Annotated[int, Query(ge=1, le=MAX_K, description="number of items")] = 10,
-) -> OrjsonResponse:
+async def recommend_one(user_id: str, request: Request, k: KQuery = 10) -> OrjsonResponse:
     """Best-scoring items the user has not trained on, by e_u . e_i; an unknown user
     gets the most popular items with ``fallback: "popular"``. ``X-Cache`` says hit/miss."""
     app = request.app.state
@@ -34,10 +28,7 @@ async def recommend_one(
 
 @router.post("/recommend", response_model=BatchRecommendResponse, responses=_503,
              summary="Top-K items for many users")
-async def recommend_many(
-    body: BatchRecommendRequest,
-    request: Request,
-) -> OrjsonResponse:
+async def recommend_many(body: BatchRecommendRequest, request: Request) -> OrjsonResponse:
     """One result per user id, in request order; one FAISS search and one cache
     round trip (MGET) for the whole batch."""
     app = request.app.state

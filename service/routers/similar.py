@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Request
 
 from service.answers import compute_similar
 from service.dependencies import model_or_503
 from service.responses import OrjsonResponse
-from service.schemas import MAX_K, ErrorResponse, SimilarItems
+from service.schemas import ErrorResponse, KQuery, SimilarItems
 
 router = APIRouter(tags=["recommend"])
 
@@ -17,11 +15,7 @@ router = APIRouter(tags=["recommend"])
 @router.get("/similar/{item_id}", response_model=SimilarItems,
             responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
             summary="Nearest items to an item")
-async def similar(
-    item_id: str,
-    request: Request,
-    k: Annotated[int, Query(ge=1, le=MAX_K, description="number of items")] = 10,
-) -> OrjsonResponse:
+async def similar(item_id: str, request: Request, k: KQuery = 10) -> OrjsonResponse:
     """Items with the largest inner product with this item's embedding (the same
     index /recommend uses), excluding the item itself."""
     state = model_or_503(request)
