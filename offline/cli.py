@@ -30,14 +30,18 @@ log = logging.getLogger("magnet")
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     """Error types whose message is meant for the user (imported lazily: start-up stays fast)."""
-    from offline.config import ConfigError
-    from offline.dataset import DatasetError
     from offline.export import ExportError
-    from offline.train import TrainError
     from service.bundle import BundleError
     from service.settings import SettingsError
 
-    return (ConfigError, DatasetError, TrainError, ExportError, BundleError, SettingsError, FileNotFoundError)
+    serving: tuple[type[BaseException], ...] = (ExportError, BundleError, SettingsError, FileNotFoundError)
+    try:  # these need torch and pandas, which the serve-only install (the API image) lacks
+        from offline.config import ConfigError
+        from offline.dataset import DatasetError
+        from offline.train import TrainError
+    except ImportError:  # then no command could have raised them
+        return serving
+    return (ConfigError, DatasetError, TrainError, *serving)
 
 
 def _fail(message: str, code: int = 1) -> None:
