@@ -1,27 +1,28 @@
-# syntax=docker/dockerfile:1
 #
-# MAGNET serving: the API image (CPU).
+# MAGNET serving: the API image (CPU, no torch).
 #
 #   docker build -t magnet-serving .                                   # bundle mounted at run time
 #   docker build -t magnet-serving --build-arg BUNDLE_DIR=bundles/v1 .  # bundle baked in
 #   docker run -p 8000:8000 -v "$PWD/bundles/v1:/bundle:ro" magnet-serving
 #
-# Stage 1 installs the project into /opt/venv with .ci/install.sh, the same script CI
-# runs, so CI exercises this install path. Stage 2 is a slim runtime that copies the
-# venv (same base image, same path: a venv is not relocatable).
+# Stage 1 installs the serving half of the project into /opt/venv with .ci/install.sh
+# (MAGNET_PROFILE=serve: requirements/serve.txt, then the package with --no-deps), so no
+# torch, torch-geometric or sentence-transformers: service/ imports none of them. Stage 2
+# is a slim runtime that copies the venv (same base image, same path: a venv is not
+# relocatable). Training runs in the other image (Dockerfile.train).
+#
+# Builds with the classic builder and with BuildKit's built-in Dockerfile frontend (no
+# `# syntax=` line, no RUN --mount / COPY --chmod), so no frontend image is pulled.
+# PYTHON_IMAGE: any Debian-based image with python3 -m venv, `python` and groupadd/useradd
+# (deploy/smoke.sh builds one from Debian packages for machines without Docker Hub).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------- build
 FROM ${PYTHON_IMAGE} AS build
 
-# The CPU wheel index, so a plain `docker build` gets the CPU torch and not PyPI's CUDA
-# build (gigabytes of nvidia-* wheels an API never uses). Empty = PyPI only.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# Empty = the version .ci/install.sh pins.
-ARG TORCH_VERSION=
-
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
@@ -30,23 +31,22 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 # Only what the install needs, so edits to tests/docs/deploy do not rebuild this layer.
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY .ci/install.sh .ci/install.sh
 COPY model ./model
 COPY offline ./offline
 COPY service ./service
 
-# Runtime dependencies only (MAGNET_EXTRAS=""), non-editable install into /opt/venv.
-RUN --mount=type=cache,target=/root/.cache/pip \
-    MAGNET_EXTRAS="" \
-    TORCH_INDEX_URL="${TORCH_INDEX_URL}" \
-    TORCH_VERSION="${TORCH_VERSION}" \
-    bash .ci/install.sh \
- && magnet --help >/dev/null
+# Serving dependencies only, non-editable install into /opt/venv; `magnet serve` must
+# start (its --help) and torch must be absent (install.sh checks).
+RUN MAGNET_PROFILE=serve MAGNET_EXTRAS="" bash .ci/install.sh \
+ && magnet serve --help >/dev/null \
+ && python -m pip uninstall --quiet --yes pip setuptools
 
 # -------------------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime
 
-# libgomp: OpenMP runtime for faiss/torch when their wheels do not vendor it.
+# libgomp: OpenMP runtime for faiss when its wheel does not vendor it.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgomp1 \
@@ -60,8 +60,6 @@ RUN groupadd --system --gid 10001 magnet \
  && chown magnet:magnet /bundles
 
 COPY --from=build /opt/venv /opt/venv
-# The trainer script, so this image can also run the CPU `trainer` compose service.
-COPY --chmod=0755 deploy/train_and_reload.sh /usr/local/bin/magnet-train-and-reload
 
 # A bundle baked in at build time; the default is a placeholder directory holding a
 # README (no manifest -> /readyz stays 503 until a real bundle is mounted over /bundle).
@@ -80,8 +78,9 @@ WORKDIR /home/magnet
 EXPOSE 8000
 
 # /healthz answers 200 while the process lives (readiness is /readyz, for orchestrators).
+# MAGNET_PORT moves the listening port (host networking, several containers on one host).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('MAGNET_PORT', '8000'), timeout=4).status == 200 else 1)"]
 
 # uvicorn with the app factory (what `magnet serve` runs, minus its refusal to start
 # without a bundle): settings come from MAGNET_* (MAGNET_BUNDLE, MAGNET_REDIS_URL, ...);
@@ -89,4 +88,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
 # POST /admin/reload or a restart finds one. MAGNET_WORKERS processes; each one holds its
 # own copy of the bundle, and POST /admin/reload reaches only one of them, so keep 1
 # where bundles are swapped by reload (scale with containers/replicas instead).
-CMD ["sh", "-c", "exec uvicorn service.app:create_app_from_env --factory --host 0.0.0.0 --port 8000 --workers \"${MAGNET_WORKERS:-1}\" --no-access-log --timeout-graceful-shutdown 10"]
+CMD ["sh", "-c", "exec uvicorn service.app:create_app_from_env --factory --host \"${MAGNET_HOST:-0.0.0.0}\" --port \"${MAGNET_PORT:-8000}\" --workers \"${MAGNET_WORKERS:-1}\" --no-access-log --timeout-graceful-shutdown 10"]

@@ -9,7 +9,11 @@ No Docker engine, cluster or GPU is needed. What is checked:
   values given parse as settings, and the contract's settings are all provided;
 - probes, replicas, resources, GPU request, volumes, Secret/ConfigMap wiring;
 - Dockerfile structure (multi-stage, .ci/install.sh, non-root USER, HEALTHCHECK,
-  EXPOSE 8000, what COPY needs is not .dockerignore'd), linted by hadolint when present;
+  EXPOSE 8000, what COPY needs is not .dockerignore'd, no `# syntax=` line or
+  BuildKit-only flags), linted by hadolint when present;
+- deploy/compose_run.py turns compose services into docker build/run arguments that carry
+  the compose file's settings (deploy/smoke.sh runs the images with them; it needs an
+  engine and runs from .ci/run, not here);
 - the image's CMD and HEALTHCHECK run here against a real server, and
   deploy/train_and_reload.sh swaps a bundle into it (and rolls back a rejected one),
   once with the real demo-data -> train -> export pipeline.
@@ -44,6 +48,8 @@ K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERFILE_TRAIN = REPO / "Dockerfile.train"
+DOCKERFILE_REDIS = DEPLOY / "Dockerfile.redis"
+SMOKE = DEPLOY / "smoke.sh"
 SCRIPT = DEPLOY / "train_and_reload.sh"
 DEPLOY_README = DEPLOY / "README.md"
 
@@ -53,7 +59,7 @@ CONTRACT_SETTINGS = {"MAGNET_BUNDLE", "MAGNET_REDIS_URL", "MAGNET_ADMIN_TOKEN", 
 MAGNET_NAME = re.compile(r"(?<![A-Za-z0-9_])MAGNET_[A-Z0-9_]*[A-Z0-9]")
 
 K8S_FILES = sorted(K8S.glob("*.yaml"))
-TEXT_FILES = [COMPOSE, DOCKERFILE, DOCKERFILE_TRAIN, SCRIPT, DEPLOY_README, *K8S_FILES]
+TEXT_FILES = [COMPOSE, DOCKERFILE, DOCKERFILE_TRAIN, DOCKERFILE_REDIS, SCRIPT, SMOKE, DEPLOY_README, *K8S_FILES]
 VENV_BIN = str(Path(sys.executable).parent)
 
 
@@ -270,7 +276,7 @@ def install_script_variables() -> set[str]:
 def test_every_magnet_variable_is_a_real_setting(path: Path) -> None:
     used = set(MAGNET_NAME.findall(path.read_text(encoding="utf-8")))
     known = setting_env_names()
-    if path in (DOCKERFILE, DOCKERFILE_TRAIN, DEPLOY_README):  # these also drive .ci/install.sh
+    if path in (DOCKERFILE, DOCKERFILE_TRAIN, DEPLOY_README, SMOKE):  # these also drive .ci/install.sh
         known |= install_script_variables()
     unknown = used - known
     assert not unknown, (
@@ -350,7 +356,11 @@ def test_compose_redis_is_a_nonpersistent_lru_cache() -> None:
     assert cmd[cmd.index("--appendonly") + 1] == "no"
     assert cmd[cmd.index("--maxmemory") + 1]
     assert cmd[cmd.index("--maxmemory-policy") + 1] == "allkeys-lru"
-    assert redis["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    test = [interpolate(t) for t in redis["healthcheck"]["test"]]
+    assert test[1] == "redis-cli" and test[-1] == "ping"
+    # the healthcheck asks the port the server listens on (REDIS_PORT, for host networking)
+    assert test[test.index("-p") + 1] == cmd[cmd.index("--port") + 1]
+    assert redis["image"] == "magnet-redis:latest" and redis["build"]["dockerfile"] == "Dockerfile.redis"
 
 
 def test_compose_api_wiring() -> None:
@@ -375,6 +385,12 @@ def test_compose_trainers_are_profiled_and_reload_the_api() -> None:
         assert "MAGNET_ADMIN_TOKEN" in env
         assert "bundles:/bundles" in svc["volumes"]
     assert services["trainer-gpu"]["build"]["dockerfile"] == "Dockerfile.train"
+    assert services["trainer-gpu"]["image"] == "magnet-train:latest"  # CUDA torch, faiss-gpu
+    # the CPU trainer: the training image built with the CPU torch wheel and faiss-cpu
+    cpu = services["trainer"]
+    assert cpu["build"]["dockerfile"] == "Dockerfile.train" and cpu["image"] == "magnet-train:cpu"
+    assert "/whl/cpu" in cpu["build"]["args"]["TORCH_INDEX_URL"] and cpu["build"]["args"]["FAISS_GPU_PACKAGE"] == ""
+    assert interpolate(cpu["environment"]["RELOAD_PORT"]) == interpolate(services["api"]["environment"]["MAGNET_PORT"])
     devices = services["trainer-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     # the token the trainer sends is the one the api checks
@@ -542,12 +558,16 @@ def test_api_dockerfile_runtime() -> None:
     assert any(i.cmd == "EXPOSE" and "8000" in i.args.split() for i in final)
     health = [i.args for i in final if i.cmd == "HEALTHCHECK"]
     assert health and "/healthz" in health[0] and "urllib" in health[0] and "curl" not in health[0]
-    assert "download.pytorch.org/whl/cpu" in (build_arg_default(DOCKERFILE, "TORCH_INDEX_URL") or "")
+    assert "MAGNET_PORT" in health[0], "the healthcheck must ask the port the server listens on"
+    build = " ".join(i.args for i in parse_dockerfile(DOCKERFILE)[-2] if i.cmd == "RUN")
+    assert "MAGNET_PROFILE=serve" in build, "the API image installs the serving dependencies only (no torch)"
+    assert build_arg_default(DOCKERFILE, "TORCH_INDEX_URL") is None, "the API image installs no torch"
     assert build_arg_default(DOCKERFILE, "BUNDLE_DIR")
     assert (REPO / build_arg_default(DOCKERFILE, "BUNDLE_DIR")).is_dir()
     cmd = json.loads(next(i.args for i in final if i.cmd == "CMD"))
     line = cmd[-1]
-    assert "MAGNET_WORKERS" in line and "--port 8000" in line
+    assert "MAGNET_WORKERS" in line and '--port "${MAGNET_PORT:-8000}"' in line
+    assert '--host "${MAGNET_HOST:-0.0.0.0}"' in line
     m = re.search(r"uvicorn (\S+):(\S+) --factory", line)
     assert m, "CMD should run the uvicorn app factory"
     import importlib
@@ -580,14 +600,29 @@ def test_copied_files_exist_and_are_not_dockerignored(path: Path) -> None:
                             assert not dockerignored(rel), f"{rel} is excluded by .dockerignore"
 
 
-@pytest.mark.parametrize("path", [DOCKERFILE, DOCKERFILE_TRAIN], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [DOCKERFILE, DOCKERFILE_TRAIN, DOCKERFILE_REDIS], ids=lambda p: p.name)
+def test_dockerfile_builds_without_a_frontend_image(path: Path) -> None:
+    """No `# syntax=` directive (BuildKit would pull that frontend from Docker Hub) and no
+    BuildKit-only flags (RUN --mount, COPY --chmod/--link), so the engine's built-in
+    frontend and the classic builder both build it."""
+    text = path.read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), f"{path.name} has a # syntax= directive"
+    for stage in parse_dockerfile(path):
+        for ins in stage:
+            bad = [f for f in ins.flags if f.split("=")[0] in {"--mount", "--chmod", "--link", "--network", "--security"}]
+            assert not bad, f"{path.name}: {ins.cmd} {bad} needs BuildKit"
+    base_args = [i.args.split("=", 1) for st in parse_dockerfile(path) for i in st if i.cmd == "ARG"]
+    assert any(name in {"PYTHON_IMAGE", "BASE_IMAGE"} for name, *_ in base_args), "the base image must be a build argument"
+
+
+@pytest.mark.parametrize("path", [DOCKERFILE, DOCKERFILE_TRAIN, DOCKERFILE_REDIS], ids=lambda p: p.name)
 def test_dockerfile_syntax_buildkit_parser(path: Path) -> None:
     dockerfile = pytest.importorskip("dockerfile", reason="the `dockerfile` package (BuildKit's parser) not installed")
     cmds = dockerfile.parse_file(str(path))
-    assert [c.cmd for c in cmds].count("FROM") >= 2
+    assert [c.cmd for c in cmds].count("FROM") >= (1 if path == DOCKERFILE_REDIS else 2)
 
 
-@pytest.mark.parametrize("path", [DOCKERFILE, DOCKERFILE_TRAIN], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [DOCKERFILE, DOCKERFILE_TRAIN, DOCKERFILE_REDIS], ids=lambda p: p.name)
 def test_hadolint(path: Path) -> None:
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=VENV_BIN)
     if hadolint is None:
@@ -605,13 +640,15 @@ def test_dockerignore_keeps_local_state_out() -> None:
 # --------------------------------------------------------------- the trainer script
 
 
-def test_script_syntax() -> None:
-    r = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+@pytest.mark.parametrize("script", [SCRIPT, SMOKE, REPO / ".ci" / "install.sh"], ids=lambda p: p.name)
+def test_script_syntax(script: Path) -> None:
+    r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert os.access(SCRIPT, os.X_OK), "deploy/train_and_reload.sh must be executable"
+    if script != REPO / ".ci" / "install.sh":  # run with `bash`; the others are COPY'd or run directly
+        assert os.access(script, os.X_OK), f"{script.name} must be executable (Dockerfile.train's COPY keeps the mode)"
     shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=VENV_BIN)
     if shellcheck:
-        r = subprocess.run([shellcheck, str(SCRIPT)], capture_output=True, text=True, timeout=60)
+        r = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stdout
 
 
@@ -623,12 +660,13 @@ class ImageCmdServer:
         cmd = json.loads(next(i.args for i in final if i.cmd == "CMD"))
         assert cmd[:2] == ["sh", "-c"]
         self.port = free_port()
-        line = cmd[2].replace("--host 0.0.0.0", "--host 127.0.0.1").replace("--port 8000", f"--port {self.port}")
+        line = cmd[2]  # as is: MAGNET_HOST / MAGNET_PORT (below) move it to a free loopback port
         self.health = json.loads(next(i.args for i in final if i.cmd == "HEALTHCHECK").split("CMD", 1)[1])
-        self.health = [a.replace("127.0.0.1:8000", f"127.0.0.1:{self.port}") for a in self.health]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAGNET_")}
         env.update(PATH=f"{VENV_BIN}:{env.get('PATH', '')}", MAGNET_BUNDLE=str(bundle), MAGNET_ADMIN_TOKEN=token,
-                   MAGNET_WORKERS="1", MAGNET_LOG_JSON="false", MAGNET_ACCESS_LOG="false")
+                   MAGNET_WORKERS="1", MAGNET_LOG_JSON="false", MAGNET_ACCESS_LOG="false",
+                   MAGNET_HOST="127.0.0.1", MAGNET_PORT=str(self.port))
+        self.env = env
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(["sh", "-c", line], env=env, cwd=REPO,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -706,8 +744,8 @@ def test_image_cmd_healthcheck_and_train_and_reload(tmp_path: Path, fake_run) ->
     server = ImageCmdServer(root / "current", token)
     try:
         # live but not ready: no bundle yet
-        assert subprocess.run(server.health, env={**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"},
-                              timeout=30).returncode == 0, "the image's HEALTHCHECK fails against a live server"
+        assert subprocess.run(server.health, env=server.env, timeout=30).returncode == 0, \
+            "the image's HEALTHCHECK fails against a live server"
         assert http_get(f"{server.url}/readyz")[0] == 503
 
         good_bin = tmp_path / "bin-good"
