@@ -282,8 +282,7 @@ done = function(summary, latency, requests)
 end
 """
 
-# Requests read from a file (one path, or one POST body, per line), pre-formatted in
-# init() and cycled from a per-thread offset, so request() costs wrk nothing.
+# Numbers wrk's threads 0, 1, ... (as the global `tid` in each thread's Lua state).
 LUA_THREAD_IDS = r"""
 local threads = 0
 setup = function(thread)
@@ -292,6 +291,8 @@ setup = function(thread)
 end
 """
 
+# Requests read from a file (one path, or one POST body, per line), pre-formatted in
+# init() and cycled from a per-thread offset, so request() costs wrk nothing.
 LUA_CYCLE = r"""
 local reqs, n, i = {}, 0, 0
 """ + LUA_THREAD_IDS + r"""
