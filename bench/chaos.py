@@ -431,6 +431,7 @@ def part_kill(bundle: Path, redis_port: int, tmp: Path) -> dict[str, Any]:
         return out
     finally:
         subprocess.run([docker, "rm", "-f", name], capture_output=True)
+        subprocess.run([docker, "volume", "rm", "-f", f"{project}_bundles"], capture_output=True)  # compose's volume
 
 
 def _until(cond: Any, t0: float, timeout: float, step: float = 0.1) -> float | None:
