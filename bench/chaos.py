@@ -264,7 +264,7 @@ def part_fuzz(server: Server, token: str, examples: int, seed: int, tmp: Path) -
            "--header", f"Authorization: Bearer {token}", "--request-timeout", "30",
            "--report", "json", "--report-json-path", str(report), "--suppress-health-check", "all"]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=tmp)  # its cache dir goes there
     seconds = time.monotonic() - t0
     after = status_counts(server)
     statuses = {s: int(after.get(s, 0) - before.get(s, 0)) for s in sorted(after) if after.get(s, 0) > before.get(s, 0)}
