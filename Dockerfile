@@ -71,6 +71,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MAGNET_BUNDLE=/bundle \
+    MAGNET_HOST=0.0.0.0 \
     MAGNET_WORKERS=1
 
 USER 10001:10001
@@ -82,10 +83,11 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('MAGNET_PORT', '8000'), timeout=4).status == 200 else 1)"]
 
-# uvicorn with the app factory (what `magnet serve` runs, minus its refusal to start
-# without a bundle): settings come from MAGNET_* (MAGNET_BUNDLE, MAGNET_REDIS_URL, ...);
-# without a loadable bundle the process stays up, /healthz 200 and /readyz 503, until
-# POST /admin/reload or a restart finds one. MAGNET_WORKERS processes; each one holds its
-# own copy of the bundle, and POST /admin/reload reaches only one of them, so keep 1
-# where bundles are swapped by reload (scale with containers/replicas instead).
-CMD ["sh", "-c", "exec uvicorn service.app:create_app_from_env --factory --host \"${MAGNET_HOST:-0.0.0.0}\" --port \"${MAGNET_PORT:-8000}\" --workers \"${MAGNET_WORKERS:-1}\" --no-access-log --timeout-graceful-shutdown 10"]
+# service.server's entry point: uvicorn on MAGNET_HOST:MAGNET_PORT with MAGNET_WORKERS
+# processes, every setting (MAGNET_GRACEFUL_SHUTDOWN_S included) read by service/settings.py
+# like `magnet serve` reads them. Unlike `magnet serve` it starts without a loadable bundle:
+# the process stays up, /healthz 200 and /readyz 503, until POST /admin/reload or a restart
+# finds one. Each worker holds its own copy of the bundle, and POST /admin/reload reaches
+# only one of them, so keep 1 where bundles are swapped by reload (scale with
+# containers/replicas instead).
+CMD ["python", "-m", "service.server"]

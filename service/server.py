@@ -1,16 +1,17 @@
-"""Running the app under uvicorn (what `magnet serve` and `magnet quickstart` call)."""
+"""Running the app under uvicorn (what `magnet serve`, `magnet quickstart` and the API image run)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 from service.bundle import BundleError
 from service.logs import configure_logging
-from service.settings import Settings, load_settings, with_worker_defaults
+from service.settings import Settings, SettingsError, load_settings, with_worker_defaults
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,19 @@ def serve(bundle: Path | str | None = None, host: str = "127.0.0.1", port: int =
     `BundleError` before the port is opened; full verification happens in the app,
     which stays unready (503 on /readyz) if the bundle turns out to be bad.
     """
-    import uvicorn
-
     settings = resolve_settings(bundle, host=host, port=port, **kw)
     if settings.bundle is None:
         raise BundleError("no bundle to serve: pass --bundle or set MAGNET_BUNDLE")
     if not (settings.bundle / "manifest.json").is_file():
         raise BundleError(f"{settings.bundle}: not a bundle directory (no manifest.json); run `magnet export` first")
+    run(settings)
+
+
+def run(settings: Settings) -> None:
+    """Runs the app for `settings` under uvicorn until interrupted (host, port, workers and
+    the graceful-shutdown time all come from `settings`)."""
+    import uvicorn
+
     configure_logging(settings.log_level, json_lines=settings.log_json)
     settings = with_worker_defaults(settings)
     common = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
@@ -70,3 +77,21 @@ def serve(bundle: Path | str | None = None, host: str = "127.0.0.1", port: int =
         from service.app import create_app
 
         uvicorn.run(create_app(settings), **common)
+
+
+def main() -> None:
+    """The API image's command (`python -m service.server`): every setting from MAGNET_*.
+
+    Unlike `serve`, it starts when MAGNET_BUNDLE holds no bundle yet (/healthz 200,
+    /readyz 503 until POST /admin/reload or a restart finds one), so a container can come
+    up before the first training run. A bad setting ends it with one line naming it.
+    """
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.exit(f"error: {exc}")
+    run(settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,8 @@ No Docker engine, cluster or GPU is needed. What is checked:
 - deploy/compose_run.py turns compose services into docker build/run arguments that carry
   the compose file's settings (deploy/smoke.sh runs the images with them; it needs an
   engine and runs from .ci/run, not here);
-- the image's CMD and HEALTHCHECK run here against a real server, and
+- the image's CMD and HEALTHCHECK run here against a real server (MAGNET_GRACEFUL_SHUTDOWN_S
+  honoured), and
   deploy/train_and_reload.sh swaps a bundle into it (and rolls back a rejected one),
   once with the real demo-data -> train -> export pipeline.
 Optional tools (skipped when absent): check-jsonschema, kubernetes-validate, dockerfile,
@@ -29,6 +30,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -564,15 +566,10 @@ def test_api_dockerfile_runtime() -> None:
     assert build_arg_default(DOCKERFILE, "TORCH_INDEX_URL") is None, "the API image installs no torch"
     assert build_arg_default(DOCKERFILE, "BUNDLE_DIR")
     assert (REPO / build_arg_default(DOCKERFILE, "BUNDLE_DIR")).is_dir()
-    cmd = json.loads(next(i.args for i in final if i.cmd == "CMD"))
-    line = cmd[-1]
-    assert "MAGNET_WORKERS" in line and '--port "${MAGNET_PORT:-8000}"' in line
-    assert '--host "${MAGNET_HOST:-0.0.0.0}"' in line
-    m = re.search(r"uvicorn (\S+):(\S+) --factory", line)
-    assert m, "CMD should run the uvicorn app factory"
-    import importlib
-
-    assert callable(getattr(importlib.import_module(m.group(1)), m.group(2)))
+    # host, port, workers and the graceful-shutdown time come from Settings, not the command line
+    assert json.loads(next(i.args for i in final if i.cmd == "CMD")) == ["python", "-m", "service.server"]
+    env = " ".join(i.args for i in final if i.cmd == "ENV")
+    assert "MAGNET_HOST=0.0.0.0" in env, "the container must listen beyond its loopback by default"
 
 
 def test_train_dockerfile_runtime() -> None:
@@ -655,20 +652,18 @@ def test_script_syntax(script: Path) -> None:
 class ImageCmdServer:
     """Runs the API image's CMD (from the Dockerfile) here, on a free loopback port."""
 
-    def __init__(self, bundle: Path, token: str) -> None:
+    def __init__(self, bundle: Path, token: str, **settings: str) -> None:
         final = final_stage(DOCKERFILE)
-        cmd = json.loads(next(i.args for i in final if i.cmd == "CMD"))
-        assert cmd[:2] == ["sh", "-c"]
-        self.port = free_port()
-        line = cmd[2]  # as is: MAGNET_HOST / MAGNET_PORT (below) move it to a free loopback port
+        cmd = json.loads(next(i.args for i in final if i.cmd == "CMD"))  # as is: MAGNET_HOST /
+        self.port = free_port()  # MAGNET_PORT (below) move it to a free loopback port
         self.health = json.loads(next(i.args for i in final if i.cmd == "HEALTHCHECK").split("CMD", 1)[1])
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAGNET_")}
         env.update(PATH=f"{VENV_BIN}:{env.get('PATH', '')}", MAGNET_BUNDLE=str(bundle), MAGNET_ADMIN_TOKEN=token,
                    MAGNET_WORKERS="1", MAGNET_LOG_JSON="false", MAGNET_ACCESS_LOG="false",
-                   MAGNET_HOST="127.0.0.1", MAGNET_PORT=str(self.port))
+                   MAGNET_HOST="127.0.0.1", MAGNET_PORT=str(self.port), **settings)
         self.env = env
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(["sh", "-c", line], env=env, cwd=REPO,
+        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -697,6 +692,29 @@ class ImageCmdServer:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:  # pragma: no cover
             self.proc.kill()
+
+
+def test_image_cmd_honours_the_graceful_shutdown_setting(bundle_dir: Path) -> None:
+    """MAGNET_GRACEFUL_SHUTDOWN_S reaches the image's server: on SIGTERM a request still in
+    flight (its body half sent, so the app waits for the rest) gets that long, 2 s here,
+    not the default 10 s, before uvicorn cancels it."""
+    server = ImageCmdServer(bundle_dir, "t0k", MAGNET_GRACEFUL_SHUTDOWN_S="2")
+    try:
+        server.wait_version(_manifest_version(bundle_dir))
+        body = json.dumps({"user_ids": json.loads((bundle_dir / "user_ids.json").read_text())[:1]}).encode()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+            conn.sendall(b"POST /recommend HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body) + 10, body))
+            time.sleep(0.5)  # the request reaches the app, which waits for its last 10 bytes
+            started = time.monotonic()
+            server.proc.terminate()
+            server.proc.wait(timeout=30)
+            waited = time.monotonic() - started
+        log = server.proc.stderr.read()
+    finally:
+        server.stop()
+    assert "timeout graceful shutdown exceeded" in log, log[-2000:]
+    assert 2.0 <= waited < 8.0, f"in-flight request cut after {waited:.1f} s; MAGNET_GRACEFUL_SHUTDOWN_S=2"
 
 
 def _stub_magnet(bin_dir: Path, run_src: Path, corrupt: bool = False) -> None:

@@ -22,6 +22,8 @@ import urllib.request
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
+from service.server import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SERVE = REPO / "requirements" / "serve.txt"
 TRAIN = REPO / "requirements" / "train.txt"
@@ -98,8 +100,6 @@ def _env() -> dict[str, str]:
 
 
 def test_magnet_serve_runs_without_the_training_dependencies(bundle_dir: Path, tmp_path: Path) -> None:
-    from conftest import free_port
-
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", BLOCKER, _blocked(), "serve", "--bundle", str(bundle_dir),
                              "--host", "127.0.0.1", "--port", str(port)], env=_env(), cwd=tmp_path,
