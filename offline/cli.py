@@ -99,6 +99,10 @@ def import_cmd(
     ] = None,
     kcore: Annotated[int, typer.Option(min=0, help="iterative k-core on users and items")] = 5,
     min_rating: Annotated[Optional[float], typer.Option(help="drop rows rated below this first")] = None,
+    title_col: Annotated[
+        Optional[str], typer.Option(help="items column with display names -> item_names.json "
+                                         "(default: a column named title or name, if any)")
+    ] = None,
 ) -> None:
     """Raw CSVs -> a dataset directory in MMRec layout (features, mappings, split)."""
     from offline.importer import import_dataset
@@ -112,6 +116,7 @@ def import_cmd(
         rating_col=rating_col,
         text_cols=_csv_list(text_cols),
         meta_cols=_csv_list(meta_cols),
+        title_col=title_col,
         kcore=kcore,
         min_rating=min_rating,
         name=name,

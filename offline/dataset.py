@@ -28,6 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from offline.publish import staged
+from service.item_files import ITEM_FILES, ItemFileError, check_item_file, write_item_files
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +348,8 @@ def _check_feature(feat: Any, n_items: int, where: str) -> np.ndarray:
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _DATASET_FILE_RE = re.compile(
-    rf"(.+\.inter|.+{re.escape(FEATURE_SUFFIX)}|{USER_MAPPING}|{ITEM_MAPPING}|{STATS_FILE})"
+    rf"(.+\.inter|.+{re.escape(FEATURE_SUFFIX)}|{USER_MAPPING}|{ITEM_MAPPING}|{STATS_FILE}"
+    rf"|{'|'.join(re.escape(name) for name in ITEM_FILES)})"
 )
 
 
@@ -376,13 +378,15 @@ def write_dataset(
     *,
     extra: pd.DataFrame | None = None,
     stats: dict[str, Any] | None = None,
+    item_files: dict[str, list[Any]] | None = None,
 ) -> None:
     """Writes ``ds`` as a dataset directory at ``out``, atomically.
 
     ``extra`` adds per-interaction columns to the .inter file: a frame with columns
     ``userID``, ``itemID`` (internal ids, one row per interaction) and any of
     ``rating`` / ``timestamp``. Rows are written per user ordered by timestamp (when
-    given), then itemID. ``stats`` adds keys to stats.json.
+    given), then itemID. ``stats`` adds keys to stats.json. ``item_files`` adds optional
+    per-item files (`service.item_files`, e.g. ``item_names.json``), checked first.
 
     An existing ``out`` is replaced only when it looks like a dataset directory
     (empty, or only .inter / *_feat.npy / id mappings / stats.json, one .inter);
@@ -394,12 +398,18 @@ def write_dataset(
         what = "a file" if not out.is_dir() else "a directory that does not look like a dataset directory"
         raise DatasetError(f"refusing to replace {out}: it is {what}; remove it or choose another --out")
     inter = _inter_frame(ds, extra)
+    for name, value in (item_files or {}).items():
+        try:
+            check_item_file(name, value, ds.n_items)
+        except ItemFileError as exc:
+            raise DatasetError(f"write_dataset: {exc}") from None
     with staged(out) as tmp:
         for modality, feat in sorted(ds.features.items()):
             np.save(tmp / f"{modality}{FEATURE_SUFFIX}", np.ascontiguousarray(feat, dtype=np.float32))
         _write_mapping(tmp / USER_MAPPING, ds.user_ids, ("user_id", "userID"))
         _write_mapping(tmp / ITEM_MAPPING, ds.item_ids, ("item_id", "itemID"))
         (tmp / STATS_FILE).write_text(json.dumps({**ds.summary(), **(stats or {})}, indent=1))
+        write_item_files(tmp, item_files or {})
         inter.to_csv(tmp / f"{ds.name}.inter", sep="\t", index=False)  # last: a partial dir has no .inter
     log.info("wrote dataset %s to %s (%d interactions)", ds.name, out, len(inter))
 

@@ -29,6 +29,7 @@ import numpy as np
 from offline.publish import staged
 from service.bundle import BundleError, load_bundle
 from service import bundle_format as fmt
+from service.item_files import ItemFileError, read_item_files, write_item_files
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,10 @@ def _read_run_arrays(run: Path) -> dict[str, Any]:
                          arrays / "item_ids.json", allow_int=True)
     indptr, indices = fmt.check_csr(raw["train_indptr.npy"], raw["train_indices.npy"], n_users, n_items,
                                 arrays / "train_indptr.npy", arrays / "train_indices.npy")
+    try:
+        item_files = read_item_files(arrays, n_items)
+    except ItemFileError as exc:
+        raise ExportError(str(exc)) from None
     return {
         "metrics": metrics,
         "user_emb": user_emb,
@@ -121,6 +126,7 @@ def _read_run_arrays(run: Path) -> dict[str, Any]:
         "item_ids": item_ids,
         "seen_indptr": indptr,
         "seen_indices": indices,
+        "item_files": item_files,
     }
 
 
@@ -217,8 +223,9 @@ def export_bundle(
         (tmp / "user_ids.json").write_text(json.dumps(data["user_ids"]), encoding="utf-8")
         (tmp / "item_ids.json").write_text(json.dumps(data["item_ids"]), encoding="utf-8")
         faiss.write_index(index, str(tmp / fmt.INDEX_FILE))
+        optional = write_item_files(tmp, data["item_files"])  # listed and checksummed like the rest
 
-        files = {name: fmt.sha256_file(tmp / name) for name in fmt.BUNDLE_FILES}
+        files = {name: fmt.sha256_file(tmp / name) for name in (*fmt.BUNDLE_FILES, *optional)}
         created = time.gmtime()
         metrics = data["metrics"]
         model = str(metrics.get("model") or "unknown")

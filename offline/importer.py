@@ -28,6 +28,7 @@ import pandas as pd
 
 from offline.dataset import Dataset, DatasetError, check_name, write_dataset
 from offline.features import META_DIM, encode_text, item_meta_tokens, item_text, meta_features
+from service.item_files import ITEM_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -377,6 +378,7 @@ def import_dataset(
     rating_col: str = "rating",
     text_cols: list[str] | None = None,
     meta_cols: list[str] | None = None,
+    title_col: str | None = None,
     kcore: int = 5,
     min_rating: float | None = None,
     name: str,
@@ -387,19 +389,29 @@ def import_dataset(
     """`magnet import`: CSVs -> dataset directory at ``out`` (atomic); returns the Dataset.
 
     ``text_encoder`` replaces all-MiniLM-L6-v2 (texts -> float32 [n, d]); tests use it
-    to reuse one encoding.
+    to reuse one encoding. ``title_col`` names the items file's display-name column
+    (default: a column named ``title`` or ``name``, if any) -> ``item_names.json``.
     """
     text_cols, meta_cols = list(text_cols or []), list(meta_cols or [])
     check_name(name)  # fail before any work
+    if title_col is not None and items is None:
+        raise DatasetError(f"--title-col {title_col} needs an --items file")
     prep = prepare_interactions(
         Path(interactions), Path(items) if items is not None else None,
         user_col=user_col, item_col=item_col, time_col=time_col, rating_col=rating_col,
-        content_cols=list(dict.fromkeys(text_cols + meta_cols)), kcore=kcore, min_rating=min_rating,
+        content_cols=list(dict.fromkeys(text_cols + meta_cols + ([title_col] if title_col else []))),
+        kcore=kcore, min_rating=min_rating,
     )
     features: dict[str, np.ndarray] = {}
     stats: dict[str, object] = {}
+    item_files: dict[str, list] = {}
     if prep.items_table is not None:
         rows = prep.items_table.loc[prep.item_ids]
+        title = title_col or default_title_col(list(rows.columns), exclude=item_col)
+        if title is not None:
+            item_files[ITEM_NAMES] = item_names(rows[title])
+            log.info("display names from column %s (%d of %d items have one)", title,
+                     sum(n is not None for n in item_files[ITEM_NAMES]), len(rows))
         if text_cols:
             texts = [item_text(v) for v in rows[text_cols].itertuples(index=False)]
             blank = sum(not t for t in texts)
@@ -427,6 +439,21 @@ def import_dataset(
         item_ids=prep.item_ids,
     )
     extra_cols = ["userID", "itemID", *[c for c in ("rating", "timestamp") if c in df.columns]]
-    write_dataset(ds, Path(out), extra=df[extra_cols], stats=stats)
+    write_dataset(ds, Path(out), extra=df[extra_cols], stats=stats, item_files=item_files)
     return ds
+
+
+TITLE_COLUMNS = ("title", "name")
+
+
+def default_title_col(columns: list[str], *, exclude: str) -> str | None:
+    """The items file's display-name column when none is named: `title`, else `name`
+    (case-insensitive), never the item id column."""
+    by_lower = {c.lower(): c for c in reversed(columns) if c != exclude}
+    return next((by_lower[c] for c in TITLE_COLUMNS if c in by_lower), None)
+
+
+def item_names(values: pd.Series) -> list[str | None]:
+    """One display name per item, in item order; blank -> null."""
+    return [v.strip() or None for v in values.astype(str)]
 

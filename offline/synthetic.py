@@ -47,6 +47,23 @@ class SyntheticData:
     planted_modality: np.ndarray  # index into `modalities` for each item
     modalities: list[str]
     interactions: pd.DataFrame  # user, item, timestamp, x_label (external ids = internal)
+    item_names: list[str] = field(default_factory=list)  # display names (item_names.json)
+
+
+TOPIC_NAMES = ("Jazz", "Hiking", "Sci-Fi", "Cooking", "Chess", "Gardening", "Cycling", "Astronomy",
+               "Pottery", "Sailing", "Baking", "Poetry")
+KIND_NAMES = {"text": ("guide", "essay", "handbook"), "image": ("photo book", "poster", "art print")}
+
+
+def item_names(topic: np.ndarray, planted: np.ndarray, modalities: list[str]) -> list[str]:
+    """Readable demo titles that show the planted truth: the topic, and a kind of item
+    that fits the modality carrying it (a "guide" is text, a "poster" an image)."""
+    names = []
+    for i, (t, m) in enumerate(zip(topic.tolist(), planted.tolist())):
+        theme = TOPIC_NAMES[t % len(TOPIC_NAMES)] + (f" {t // len(TOPIC_NAMES) + 1}" if t >= len(TOPIC_NAMES) else "")
+        kinds = KIND_NAMES.get(modalities[m], (f"{modalities[m]} item",))
+        names.append(f"{theme} {kinds[i % len(kinds)]} #{i}")
+    return names
 
 
 def _features(spec: SyntheticSpec, rng: np.random.Generator, topic: np.ndarray, planted: np.ndarray) -> dict:
@@ -104,7 +121,7 @@ def generate(spec: SyntheticSpec | None = None, name: str = "synthetic") -> Synt
         user_ids=[str(u) for u in range(spec.n_users)],
         item_ids=[str(i) for i in range(spec.n_items)],
     )
-    return SyntheticData(ds, topic, planted, modalities, inter)
+    return SyntheticData(ds, topic, planted, modalities, inter, item_names(topic, planted, modalities))
 
 
 # ------------------------------------------------------------------ fabricated runs
@@ -150,6 +167,8 @@ def make_run(
     max_seen: int = 25,
     seed: int = 0,
     model: str = "magnet",
+    item_names: list[str | None] | None = None,
+    routing: dict | None = None,
 ) -> FakeRun:
     """Writes a fabricated run directory at `path` (RUN/arrays/ + RUN/metrics.json,
     what `magnet export` reads) and returns what was written. The arrays hold the
@@ -160,6 +179,8 @@ def make_run(
 
     `n_experts` 0 mimics LightGCN/popularity (gates [I,0], experts [I,0,d]); up to 4
     uses the standard text/meta/balanced/complementary experts, more are named x<n>.
+    `item_names` is written as arrays/item_names.json and `routing` as metrics.json's
+    routing block, as `magnet train` does when it has them.
     """
     rng = np.random.default_rng(seed)
     arrays = path / "arrays"
@@ -208,11 +229,13 @@ def make_run(
     (arrays / "experts.json").write_text(json.dumps(experts))
     (arrays / "user_ids.json").write_text(json.dumps(user_ids))
     (arrays / "item_ids.json").write_text(json.dumps(item_ids))
+    if item_names is not None:
+        (arrays / "item_names.json").write_text(json.dumps(item_names))
     metric = {"recall@10": 0.1, "recall@20": 0.15, "ndcg@10": 0.05, "ndcg@20": 0.07}
     (path / "metrics.json").write_text(json.dumps({
         "model": model, "dataset": "fake", "seed": seed, "best_epoch": 1,
         "valid": metric, "test": metric, "epochs_run": 1, "seconds_per_epoch": 0.1,
-        "train_seconds": 0.1, "device": "cpu",
+        "train_seconds": 0.1, "device": "cpu", **({"routing": routing} if routing is not None else {}),
     }))
     return FakeRun(path, user_emb, item_emb, item_base, item_gates, item_experts, experts,
                    user_ids, item_ids, indptr, indices)

@@ -32,6 +32,7 @@ from offline.dataset import Dataset, load_dataset
 from offline.distributed import DistInfo, data_parallel, decided_by_main, dist_info, sum_over_ranks
 from offline.evaluate import embedding_scorer, evaluate, relevance_matrix
 from offline.publish import staged
+from service.item_files import ItemFileError, read_item_files, write_item_files
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class History:
         return {
             "stage_switch_epoch": self.routing[-1].get("stage_switch_epoch"),
             "expert_utilization": final_utilization or self.routing[-1].get("expert_utilization"),
+            "epochs": list(self.epochs),  # the epoch each entry below was measured at
             "coverage_entropy": [float(r["coverage_entropy"]) for r in self.routing],
             "sample_entropy": [float(r["sample_entropy"]) for r in self.routing],
             "stage": [int(r.get("stage", 0)) for r in self.routing],
@@ -322,9 +324,12 @@ def fit(model: Recommender, ds: Dataset, cfg: TrainConfig, device: torch.device)
 # ------------------------------------------------------------------ run directory
 
 
-def _save_arrays(model: Recommender, encoding: Encoding, ds: Dataset, out: Path) -> None:
-    """RUN/arrays/: everything `magnet export` needs, without the dataset dir."""
+def _save_arrays(model: Recommender, encoding: Encoding, ds: Dataset, out: Path,
+                 item_files: dict[str, list] | None = None) -> None:
+    """RUN/arrays/: everything `magnet export` needs, without the dataset dir
+    (including the dataset's optional per-item files, e.g. item_names.json)."""
     out.mkdir(parents=True, exist_ok=True)
+    write_item_files(out, item_files or {})
     for name, array in encoding.arrays().items():
         np.save(out / f"{name}.npy", np.ascontiguousarray(array, dtype=np.float32))
     (out / "experts.json").write_text(json.dumps(list(model.experts)))
@@ -353,6 +358,10 @@ def train(
     info = dist_info()
     ds = dataset if dataset is not None else load_dataset(data_dir)
     check_run_out(out, overwrite)
+    try:  # checked before training, carried into RUN/arrays/ after it
+        item_files = read_item_files(Path(data_dir), ds.n_items)
+    except ItemFileError as exc:
+        raise TrainError(str(exc)) from None
     device = resolve_device(cfg.device)
     if info.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", info.rank % torch.cuda.device_count())
@@ -384,7 +393,7 @@ def train(
     if routing is not None:
         metrics["routing"] = routing
     with staged(out) as tmp:
-        _write_run(tmp, model, encoding, ds, cfg, metrics, history, data_dir)
+        _write_run(tmp, model, encoding, ds, cfg, metrics, history, data_dir, item_files)
     return metrics
 
 
@@ -397,6 +406,7 @@ def _write_run(
     metrics: dict[str, Any],
     history: History,
     data_dir: Path,
+    item_files: dict[str, list] | None = None,
 ) -> None:
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (tmp / "config.yaml").write_text(dump_config(cfg))
@@ -409,7 +419,7 @@ def _write_run(
     }
     (tmp / "run.json").write_text(json.dumps(run_info, indent=2))
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "best.pt")  # the evaluated weights
-    _save_arrays(model, encoding, ds, tmp / "arrays")
+    _save_arrays(model, encoding, ds, tmp / "arrays", item_files)
     if history.epochs:
         from offline.plots import plot_curves
 

@@ -6,8 +6,9 @@ served, even if the directory is replaced mid-load). What a bundle must hold and
 checks on it belong to `service.bundle_format` (shared with the exporter); here they
 are applied: shapes against the manifest and each other, ids, the training CSR,
 gates, and item_emb = item_base + gates . experts on a sample of items so
-explanations add up. Any failure raises `BundleError` naming the file. No pickle:
-arrays load with ``allow_pickle=False``.
+explanations add up. Optional per-item files (`service.item_files`, e.g.
+item_names.json) are parsed when the manifest lists them. Any failure raises
+`BundleError` naming the file. No pickle: arrays load with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from service.bundle_format import (
     read_json,
     read_npy,
 )
+from service.item_files import ITEM_FILES, ITEM_NAMES, ItemFileError, parse_item_file
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ class Bundle:
     seen_indices: np.ndarray
     popularity: np.ndarray
     index: Any = field(repr=False)
+    #: optional per-item files the bundle carries (service.item_files), by file name
+    item_files: dict[str, list[Any]] = field(default_factory=dict, repr=False)
 
     @property
     def model_version(self) -> str:
@@ -97,6 +101,11 @@ class Bundle:
     @property
     def index_info(self) -> dict[str, Any]:
         return dict(self.manifest.get("index") or {"type": "flat", "exact": True})
+
+    @property
+    def item_names(self) -> list[str | None] | None:
+        """Display name per internal item index, when the import had a title column."""
+        return self.item_files.get(ITEM_NAMES)
 
     def seen(self, user: int) -> np.ndarray:
         """Internal item indices the user trained on (never recommended back)."""
@@ -158,6 +167,11 @@ def _load(root: Path) -> Bundle:
 
     user_ids = check_ids(read_json(blobs["user_ids.json"], root / "user_ids.json"), n_users, root / "user_ids.json")
     item_ids = check_ids(read_json(blobs["item_ids.json"], root / "item_ids.json"), n_items, root / "item_ids.json")
+    try:
+        item_files = {name: parse_item_file(name, blobs[name], n_items, root / name)
+                      for name in ITEM_FILES if name in blobs}
+    except ItemFileError as exc:
+        raise BundleError(str(exc)) from None
 
     f32 = {name: np.ascontiguousarray(arrays[name], dtype=np.float32) for name in FLOAT_ARRAYS}
     check_gates(f32["item_gates.npy"], root / "item_gates.npy")
@@ -191,6 +205,7 @@ def _load(root: Path) -> Bundle:
         seen_indices=indices,
         popularity=arrays["popularity.npy"],
         index=index,
+        item_files=item_files,
     )
     log.info("bundle verified", extra={"bundle": str(root), "model_version": bundle.model_version,
                                        "n_users": n_users, "n_items": n_items,

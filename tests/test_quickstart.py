@@ -20,4 +20,9 @@ def test_quickstart_builds_a_verified_magnet_bundle(tmp_path):
     assert {e["role"] for e in manifest["experts"]} == {"dominant", "balanced", "complementary"}
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["epochs_run"] == 2 and "routing" in metrics
+    assert metrics["routing"]["epochs"] == [1, 2]  # the x axis of the dashboard's entropy chart
+    assert manifest["metrics"]["routing"] == metrics["routing"]  # exported as the run wrote it
+    names = bundle.item_names  # the demo carries display names for the dashboard
+    assert names is not None and len(names) == 1000 and all(isinstance(n, str) for n in names)
+    assert "/ui/" in proc.stdout
     assert bundle is not None
