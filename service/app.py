@@ -23,7 +23,7 @@ from service.cache import make_cache, uses_front_tier
 from service.metrics import Metrics
 from service.middleware import SCOPE_KEY, RequestContextMiddleware
 from service.responses import OrjsonResponse
-from service.routers import admin, explain, health, metrics, recommend, similar
+from service.routers import admin, explain, health, metrics, recommend, similar, ui
 from service.settings import Settings, load_settings, settings_from_env, with_worker_defaults
 from service.state import ModelHolder
 
@@ -124,6 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (health, recommend, similar, explain, admin, metrics):
         app.include_router(module.router)
+    if settings.ui:  # MAGNET_UI=false: no dashboard routes at all
+        app.include_router(ui.router)
     app.add_middleware(RequestContextMiddleware, metrics=metrics_, access_log=settings.access_log)
     return app
 

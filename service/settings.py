@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     )
     watch_retries: int = Field(3, ge=1, description="tries the watcher gives a new model_version (a load can "
                                "race the directory being replaced) before waiting for the next one")
+    ui: bool = Field(True, description="serve the browser dashboard at /ui/ (false: no /ui routes at all)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(True, description="one JSON object per log line (false -> plain text)")
     access_log: bool = Field(True, description="one log line per request with route, status and latency")

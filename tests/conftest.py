@@ -45,6 +45,63 @@ def bundle_dir(fake_run: FakeRun, tmp_path_factory: pytest.TempPathFactory) -> P
     return export_bundle(fake_run.path, tmp_path_factory.mktemp("bundles") / "exact")
 
 
+#: display names of the dashboard's bundle: every 5th item has none, one is markup that must stay text
+UI_XSS_NAME = '<img src=x onerror="window.__xss=1"> & "Quoted"'
+
+
+def ui_item_names(n_items: int) -> list[str | None]:
+    names: list[str | None] = [None if n % 5 == 4 else f"Title {n:03d}" for n in range(n_items)]
+    names[7] = UI_XSS_NAME
+    return names
+
+
+def ui_routing(n_experts: int = 4, epochs: int = 12, switch: int = 4) -> dict:
+    """A routing block like `magnet train` writes (metrics.json), with known numbers."""
+    util = [0.4, 0.3, 0.2, 0.1][:n_experts]
+    return {
+        "stage_switch_epoch": switch,
+        "expert_utilization": util,
+        "epochs": list(range(1, epochs + 1)),
+        "coverage_entropy": [round(0.99 - 0.02 * e, 4) for e in range(epochs)],
+        "sample_entropy": [round(0.8 - 0.04 * e, 4) for e in range(epochs)],
+        "stage": [1 if e <= switch else 2 for e in range(1, epochs + 1)],
+        "utilization_per_epoch": [util for _ in range(epochs)],
+    }
+
+
+@pytest.fixture(scope="session")
+def ui_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle with display names (some null, one full of markup) and a routing block: the dashboard's."""
+    from offline.export import export_bundle
+
+    run = make_run(tmp_path_factory.mktemp("runs") / "ui", seed=1, n_users=40, n_items=120,
+                   item_names=ui_item_names(120), routing=ui_routing())
+    return export_bundle(run.path, tmp_path_factory.mktemp("bundles") / "ui")
+
+
+UI_ADMIN_TOKEN = "s3cret-admin-token-do-not-leak"
+
+
+@pytest.fixture(scope="module")
+def ui_target(ui_bundle: Path) -> Path:
+    """The bundle the dashboard tests serve (a test module may override this fixture)."""
+    return ui_bundle
+
+
+@pytest.fixture(scope="module")
+def ui_server(start_module_server, ui_target: Path) -> LiveServer:
+    """A server on `ui_target` with an admin token set (that the UI must never leak)."""
+    return start_module_server(bundle=ui_target, admin_token=UI_ADMIN_TOKEN)
+
+
+@pytest.fixture(scope="module")
+def ui_loaded(ui_target: Path):
+    """`ui_target` loaded and verified, to compare the pages with."""
+    from service.bundle import load_bundle
+
+    return load_bundle(ui_target)
+
+
 @pytest.fixture
 def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
     """A private, writable copy of `bundle_dir` (same model_version)."""

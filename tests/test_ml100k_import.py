@@ -95,3 +95,14 @@ def test_features_follow_the_shared_recipe(imported) -> None:
     meta = np.load(ML100K / "mmrec" / "meta_feat.npy")
     signs = np.sign((ds.features["meta"] * meta).sum(axis=0))  # SVD component signs are a convention
     np.testing.assert_allclose(ds.features["meta"] * signs, meta, atol=1e-3)
+
+
+def test_titles_become_item_names_in_item_order(imported) -> None:
+    ds, out, _ = imported
+    import json
+
+    names = json.loads((out / "item_names.json").read_text(encoding="utf-8"))
+    titles = pd.read_csv(ML100K / "items.csv", dtype=str).set_index("item_id")["title"]
+    assert len(names) == ds.n_items == 1349
+    assert names == [titles[i] for i in ds.item_ids]  # the `title` column, found without --title-col
+    assert names[ds.item_ids.index("1")] == "Toy Story (1995)"
