@@ -278,7 +278,6 @@ def test_search_box_finds_items_by_title_and_users_by_id(browser, ui_server, ui_
         word = names[n].split()[0]  # a word of a title finds every item whose title has it
         found = hits(word)
         assert all(word.lower() in h[2].lower() for h in found if h[0] == "item")
-        _shot(browser, "search")
     found = hits(user)
     assert ["user", f"/ui/users/{user}", user] in found
     box.send_keys(Keys.ENTER)  # Enter opens the first hit
@@ -302,3 +301,26 @@ def test_landing_page_links_examples_and_no_page_touches_the_admin_api(browser, 
     browser.open(ui_server.url + "/ui/")
     links = browser.js("return [...document.querySelectorAll('main a')].map((a) => a.getAttribute('href'))")
     assert f"/ui/users/{user}" in links and "/ui/model" in links
+
+
+def test_a_model_without_experts_draws_the_base_alone(browser, start_server, tmp_path):
+    """LightGCN / popularity bundles: no experts, no routing block, no names."""
+    from offline.export import export_bundle
+    from run_fixture import make_run
+
+    run = make_run(tmp_path / "run", n_users=8, n_items=30, n_experts=0, model="lightgcn")
+    live = start_server(bundle=export_bundle(run.path, tmp_path / "bundle"))
+    user, item = run.user_ids[0], run.item_ids[0]
+    assert browser.open(f"{live.url}/ui/users/{user}?k=5") == "ready"
+    rows = _rows(browser)
+    with live.client() as c:
+        for row in rows:
+            score = c.get(f"/explain/{user}/{row['id']}").json()["score"]
+            assert [(s["part"], float(s["value"])) for s in row["segs"]] == [("base", score)]
+    for path in (f"/ui/items/{item}", "/ui/model", "/ui/"):
+        assert browser.open(live.url + path) == "ready", path
+    text = browser.js("return document.querySelector('main').textContent")
+    assert "lightgcn" in text
+    browser.open(f"{live.url}/ui/model")
+    assert "no routing block" in browser.js("return document.querySelector('main').textContent")
+    _no_console_errors(browser)

@@ -264,7 +264,7 @@
       fill.style.width = `${Math.max(0, Math.min(1, r.value / (max || 1))) * 100}%`;
       fill.style.background = r.color;
       return el("div", { class: r.value > 0 ? "hbar" : "hbar hbar-zero", "data-name": r.label, "data-value": String(r.value) },
-        el("div", { class: "hbar-label" }, el("span", { class: "hbar-name" }, r.label),
+        el("div", { class: "hbar-label" }, el("span", { class: "hbar-name", title: r.label }, r.label),
           r.sub ? el("span", { class: "muted hbar-sub" }, r.sub) : null),
         el("div", { class: "hbar-track" }, fill),
         el("div", { class: "hbar-value mono" }, format(r.value)));
@@ -486,8 +486,9 @@
     const refresh = el("button", { class: "button", type: "button", id: "cache-refresh" }, "Refresh");
     const body = el("div", { id: "cache" },
       el("div", { class: "big-number", "data-value": cache.hit_ratio === null ? "" : String(cache.hit_ratio) },
-        cache.hit_ratio === null ? "no lookups yet" : pct(cache.hit_ratio, 1),
-        el("span", { class: "big-sub" }, `hit ratio · ${count(cache.hits)} hits, ${count(cache.misses)} misses`)),
+        cache.hit_ratio === null ? "–" : pct(cache.hit_ratio, 1),
+        el("span", { class: "big-sub" }, cache.hit_ratio === null ? "hit ratio · no cache lookups yet"
+          : `hit ratio · ${count(cache.hits)} hits, ${count(cache.misses)} misses`)),
       el("table", { class: "table" }, el("thead", {}, el("tr", {}, el("th", {}, "kind"), el("th", { class: "num" }, "hits"),
         el("th", { class: "num" }, "misses"), el("th", { class: "num" }, "hit ratio"))), el("tbody", {}, rows)),
       el("p", { class: "muted small" }, `Backend: ${cache.backend}`,
@@ -563,11 +564,12 @@
         el("dl", { class: "facts" }, [["Model", model.model], ["Users", count(model.n_users)], ["Items", count(model.n_items)],
           ["Recall@20 (test)", model.metrics.test ? fmt(model.metrics.test["recall@20"], 4) : "–"]].map(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])),
         el("a", { class: "button", href: url("/ui/model") }, "Model details")),
-      card("Users", el("p", { class: "muted small" }, "A few users of the bundle, with their number of training items:"),
+      card("Users", el("p", { class: "muted small" }, "A few users, by their training items:"),
         el("ul", { class: "links" }, ex.users.map((u) => el("li", {}, el("a", { href: userHref(u.user_id) },
-          el("span", { class: "mono" }, u.user_id)), el("span", { class: "muted small" }, `${count(u.interactions)} training items`))))),
-      card("Most popular items", el("ul", { class: "links" }, ex.items.map((it) => el("li", {}, itemLink(it.item_id, it),
-        el("span", { class: "muted small" }, `${count(it.popularity)} interactions`))))));
+          el("span", { class: "mono" }, u.user_id)), el("span", { class: "muted small nowrap" }, count(u.interactions)))))),
+      card("Most popular items", el("p", { class: "muted small" }, "By training interactions:"),
+        el("ul", { class: "links" }, ex.items.map((it) => el("li", {}, itemLink(it.item_id, it),
+          el("span", { class: "muted small nowrap" }, count(it.popularity)))))));
     app.append(grid);
   }
 
