@@ -63,7 +63,8 @@ def run(settings: Settings) -> None:
               "timeout_graceful_shutdown": settings.graceful_shutdown_s, "proxy_headers": True}
     log.info("starting MAGNET serving", extra={
         "bundle": str(settings.bundle), "host": settings.host, "port": settings.port, "workers": settings.workers,
-        "watch_s": settings.watch_s, "cache": "redis" if settings.redis_url else "local"})
+        "watch_s": settings.watch_s, "cache": "redis" if settings.redis_url else "local",
+        "dashboard": f"http://{settings.host}:{settings.port}/ui/" if settings.ui else None})
     if settings.workers > 1:
         # Worker processes rebuild their settings from the environment: export ours.
         for name, value in settings.model_dump().items():

@@ -104,5 +104,5 @@ def test_titles_become_item_names_in_item_order(imported) -> None:
     names = json.loads((out / "item_names.json").read_text(encoding="utf-8"))
     titles = pd.read_csv(ML100K / "items.csv", dtype=str).set_index("item_id")["title"]
     assert len(names) == ds.n_items == 1349
-    assert names == [titles[i] for i in ds.item_ids]  # the `title` column, found without --title-col
+    assert names == [titles[i].strip() for i in ds.item_ids]  # the `title` column, found without --title-col
     assert names[ds.item_ids.index("1")] == "Toy Story (1995)"

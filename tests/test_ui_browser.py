@@ -226,6 +226,7 @@ def test_model_page_shows_bundle_metrics_routing_and_the_live_hit_ratio(browser,
       series: [...document.querySelectorAll('polyline.series')].map((p) => [p.dataset.series,
                  p.getAttribute('points').trim().split(/\\s+/).length]),
       switchAt: (document.querySelector('line.switch-line') || {dataset: {}}).dataset.epoch,
+      best: (document.querySelector('line.best-line') || {dataset: {}}).dataset.epoch,
       ratio: document.querySelector('#cache .big-number').dataset.value,
     }""")
     run = ui_loaded.manifest["metrics"]
@@ -240,6 +241,8 @@ def test_model_page_shows_bundle_metrics_routing_and_the_live_hit_ratio(browser,
     n_epochs = len(routing["coverage_entropy"])
     assert sorted(page["series"]) == [["coverage_entropy", n_epochs], ["sample_entropy", n_epochs]]
     assert page["switchAt"] == (None if routing["stage_switch_epoch"] is None else str(routing["stage_switch_epoch"]))
+    best = run.get("best_epoch")
+    assert page["best"] == (str(best) if best in routing.get("epochs", range(1, n_epochs + 1)) else None)
     assert float(page["ratio"]) == pytest.approx(expected_ratio)
     _no_console_errors(browser)
     _shot(browser, "model")

@@ -272,10 +272,10 @@
   }
 
   /** Line chart of the routing entropies per epoch, with the stage switch marked. */
-  function entropyChart(routing) {
+  function entropyChart(routing, bestEpoch) {
     const W = 760;
     const H = 260;
-    const m = { l: 48, r: 16, t: 30, b: 40 };
+    const m = { l: 48, r: 16, t: 44, b: 40 };  // two label rows above the plot
     const epochs = routing.epochs;
     const series = [
       { key: "coverage_entropy", label: "coverage entropy (across items)", color: "#4e79a7" },
@@ -292,8 +292,13 @@
     if (switchAt !== null && switchAt !== undefined) {
       const sx = px(Math.min(x1, switchAt + 0.5));
       g.push(svg("rect", { class: "stage2", x: sx, y: m.t, width: Math.max(0, W - m.r - sx), height: H - m.t - m.b }));
-      g.push(svg("line", { class: "switch-line", x1: sx, x2: sx, y1: m.t, y2: H - m.b, "data-epoch": String(switchAt) }));
-      g.push(svg("text", { class: "chart-note", x: sx + 6, y: m.t - 10 }, `stage 2 from epoch ${switchAt + 1}`));
+      g.push(svg("line", { class: "switch-line", x1: sx, x2: sx, y1: m.t - 36, y2: H - m.b, "data-epoch": String(switchAt) }));
+      g.push(svg("text", { class: "chart-note", x: sx + 6, y: m.t - 24 }, `stage 2 from epoch ${switchAt + 1}`));
+    }
+    if (Number.isFinite(bestEpoch) && bestEpoch >= x0 && bestEpoch <= x1) {
+      const bx = px(bestEpoch);
+      g.push(svg("line", { class: "best-line", x1: bx, x2: bx, y1: m.t - 20, y2: H - m.b, "data-epoch": String(bestEpoch) }));
+      g.push(svg("text", { class: "chart-note chart-note-best", x: bx + 6, y: m.t - 8 }, `best epoch ${bestEpoch} (exported)`));
     }
     for (let v = 0; v <= yMax + 1e-9; v += 0.25) {
       g.push(svg("line", { class: "grid", x1: m.l, x2: W - m.r, y1: py(v), y2: py(v) }));
@@ -401,7 +406,8 @@
               "data-weight": String(e.weight), title: expertLabel(e) }, swatch(colors.get(e.name)), e.name, " ",
             el("span", { class: "mono" }, fmt(e.weight, 2))))) : el("span", { class: "muted" }, "not routed to any expert")),
           el("div", { class: "fact fact-parts" }, el("span", { class: "fact-label" }, "Parts"),
-            el("span", { class: "mono parts" }, `base ${signed(exp.base)}`, routed.map((e) => ` ${e.name} ${signed(e.contribution)}`)))));
+            el("span", { class: "mono parts" }, el("span", { class: "part" }, `base ${signed(exp.base)}`),
+              routed.map((e) => el("span", { class: "part" }, `${e.name} ${signed(e.contribution)}`))))));
       } else if (explainable) {
         row.append(el("p", { class: "muted reason" }, "No explanation available for this pair."));
       }
@@ -548,7 +554,7 @@
     app.append(grid2);
 
     app.append(card("Routing entropy per epoch", routing && Array.isArray(routing.coverage_entropy) && routing.coverage_entropy.length
-      ? [entropyChart(routing), el("p", { class: "muted small" },
+      ? [entropyChart(routing, t.best_epoch), el("p", { class: "muted small" },
         "Normalized entropies of the routing (1 = spread evenly). The regularizer switches once from stage 1 to stage 2 when coverage stays high; ",
         routing.stage_switch_epoch === null || routing.stage_switch_epoch === undefined ? "this run never switched." : `this run switched after epoch ${routing.stage_switch_epoch}.`)]
       : el("p", { class: "muted" }, "This bundle's metrics have no routing block (a model without experts, or a run that did not record it).")));
