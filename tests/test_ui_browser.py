@@ -309,7 +309,7 @@ def test_landing_page_links_examples_and_no_page_touches_the_admin_api(browser, 
 def test_a_model_without_experts_draws_the_base_alone(browser, start_server, tmp_path):
     """LightGCN / popularity bundles: no experts, no routing block, no names."""
     from offline.export import export_bundle
-    from run_fixture import make_run
+    from offline.synthetic import make_run
 
     run = make_run(tmp_path / "run", n_users=8, n_items=30, n_experts=0, model="lightgcn")
     live = start_server(bundle=export_bundle(run.path, tmp_path / "bundle"))
