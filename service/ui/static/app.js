@@ -570,7 +570,7 @@
         el("dl", { class: "facts" }, [["Model", model.model], ["Users", count(model.n_users)], ["Items", count(model.n_items)],
           ["Recall@20 (test)", model.metrics.test ? fmt(model.metrics.test["recall@20"], 4) : "–"]].map(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])),
         el("a", { class: "button", href: url("/ui/model") }, "Model details")),
-      card("Users", el("p", { class: "muted small" }, "A few users, by their training items:"),
+      card("Users", el("p", { class: "muted small" }, "A few users, with how many items each trained on:"),
         el("ul", { class: "links" }, ex.users.map((u) => el("li", {}, el("a", { href: userHref(u.user_id) },
           el("span", { class: "mono" }, u.user_id)), el("span", { class: "muted small nowrap" }, count(u.interactions)))))),
       card("Most popular items", el("p", { class: "muted small" }, "By training interactions:"),
