@@ -53,10 +53,13 @@ class SimilarItems(BaseModel):
     items: list[ScoredItem] = Field(description="largest inner product e_i . e_j first; the item itself excluded")
 
 
-class ExpertContribution(BaseModel):
+class Expert(BaseModel):
     name: str
     role: Literal["dominant", "balanced", "complementary"]
     modality: str | None
+
+
+class ExpertContribution(Expert):
     weight: float = Field(description="routing gate g_ie of this expert for the item (0 when not routed)")
     contribution: float = Field(description="g_ie * (e_u . x_ie): this expert's share of the score")
 

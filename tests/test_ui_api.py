@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import UI_ADMIN_TOKEN, UI_XSS_NAME, ui_item_names, ui_routing
+from service.ui.schemas import ItemsInfo, ModelInfo, SearchResults
 
 PAGES = ("/ui/", "/ui/model", "/ui/users/u1", "/ui/items/nope")
 
@@ -99,6 +100,7 @@ def test_model_helper_reports_the_manifest_and_live_cache_counters(ui_server, ui
             assert c.get(f"/explain/{user}/{item}").status_code == 200
         info = c.get("/ui/api/model").json()
         text = c.get("/metrics").text
+    ModelInfo.model_validate(info)  # the documented body
     assert info["model_version"] == manifest["model_version"]
     assert info["n_users"] == 40 and info["n_items"] == 120 and info["experts"] == manifest["experts"]
     assert info["metrics"] == {s: manifest["metrics"][s] for s in ("valid", "test")}
@@ -134,6 +136,7 @@ def test_items_helper_gives_names_popularity_and_the_gates_explain_reports(ui_se
         body = c.get("/ui/api/items", params={"id": ids, "routing": "true"}).json()
         explained = {i: c.get(f"/explain/{user}/{i}").json() for i in ids[:3]}
         too_many = c.get("/ui/api/items", params={"id": [str(n) for n in range(1001)]})
+    ItemsInfo.model_validate(body)
     names = ui_item_names(120)
     items = body["items"]
     assert items["no-such-item"] is None
@@ -157,6 +160,8 @@ def test_search_ranks_exact_then_prefix_then_popular_and_matches_titles(ui_serve
         users = c.get("/ui/api/search", params={"q": "u10"}).json()
         blank = c.get("/ui/api/search", params={"q": "  "}).json()
         assert c.get("/ui/api/search", params={"q": "x", "limit": 51}).status_code == 422
+    for body in (exact, titled, users, blank):
+        SearchResults.model_validate(body)
     assert exact["items"][0]["item_id"] == ui_loaded.item_ids[3]
     # every "Title 0xx" name is a prefix match: ordered by popularity, then index
     named = [n for n, name in enumerate(ui_item_names(120)) if name and name.startswith("Title 0")]

@@ -22,6 +22,7 @@ from service.dependencies import model_or_503
 from service.responses import OrjsonResponse
 from service.schemas import ErrorResponse
 from service.ui import data
+from service.ui.schemas import ItemsInfo, ModelInfo, SearchResults
 
 router = APIRouter(tags=["ui"])
 
@@ -105,7 +106,8 @@ async def static_asset(name: str, request: Request) -> Response:
 _503 = {503: {"model": ErrorResponse, "description": "no bundle loaded yet"}}
 
 
-@router.get("/ui/api/model", responses=_503, summary="Dashboard: the served model and live cache figures")
+@router.get("/ui/api/model", response_model=ModelInfo, responses=_503,
+            summary="Dashboard: the served model and live cache figures")
 async def ui_model(request: Request) -> OrjsonResponse:
     """Manifest facts (version, sizes, experts), the run's metrics and routing block as
     exported, this worker's cache hit ratio, and example ids."""
@@ -113,7 +115,8 @@ async def ui_model(request: Request) -> OrjsonResponse:
     return OrjsonResponse(data.model_info(state, request.app.state.metrics))
 
 
-@router.get("/ui/api/search", responses=_503, summary="Dashboard: find users and items by id or title")
+@router.get("/ui/api/search", response_model=SearchResults, responses=_503,
+            summary="Dashboard: find users and items by id or title")
 async def ui_search(
     request: Request,
     q: Annotated[str, Query(max_length=200, description="text to look for (case-insensitive)")] = "",
@@ -124,7 +127,8 @@ async def ui_search(
     return OrjsonResponse(await run_in_threadpool(data.search, state, q, limit))
 
 
-@router.get("/ui/api/items", responses=_503, summary="Dashboard: names (and routing) of items")
+@router.get("/ui/api/items", response_model=ItemsInfo, responses=_503,
+            summary="Dashboard: names (and routing) of items")
 async def ui_items(
     request: Request,
     id: Annotated[list[str], Query(max_length=MAX_LOOKUP_IDS,
