@@ -21,7 +21,8 @@
 #     (compose v2 is not assumed): Redis; the API without a bundle (/healthz 200, /readyz
 #     503, healthcheck healthy, uid 10001, no torch); the trainer (demo data -> train ->
 #     export into the shared bundles volume -> reload); the API serving it read-only
-#     (/readyz 200, /recommend, /explain, "cached": true the second time, from Redis);
+#     (/readyz 200, /recommend, /explain, "cached": true the second time, from Redis; the
+#     dashboard's page, script and /ui/api/model);
 #     `magnet serve` in the API image on a bind-mounted bundle; a second training run
 #     under load: the API switches bundles with no failed request.
 #  5. stops and removes every container and the volume it made, also on failure, and
@@ -331,6 +332,12 @@ expect_status "$api/explain/${user}/${item}" 200
 keys="$("$DOCKER" exec "${project}-redis" redis-cli -p "$REDIS_PORT" dbsize)"
 [ "${keys:-0}" -gt 0 ] || die "Redis holds no keys after /explain"
 log "/explain cached on the second call; Redis holds ${keys} keys"
+
+# The dashboard: the image ships its static files (package data) and its helpers answer
+expect_status "$api/ui/" 200
+expect_status "$api/ui/static/app.js" 200
+expect_status "$api/ui/api/model" 200
+[ "$(json_field model_version)" = "$v1" ] || die "/ui/api/model reports $(json_field model_version), not ${v1}"
 
 # `magnet serve` (the contract's CLI) in the API image, on a bundle bind-mounted read-only
 version_dir="$("$DOCKER" exec "${project}-api" readlink /bundles/current)"
