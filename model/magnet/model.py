@@ -110,7 +110,7 @@ class MAGNET(Recommender):
             self.interaction = InteractionView(cfg.n_layers)
             self.augmented = AugmentedView(cfg.aug_layers, len(self.modalities)) if cfg.content_edges else None
             self.fusion = GatedFusion(cfg.dim) if cfg.content_edges else None
-            self.modal = ModalityEncoder(feats, cfg.dim, cfg.expert_hidden, cfg.modality_layers)
+            self.modal = ModalityEncoder(feats, cfg.dim, cfg.expert_hidden, cfg.modality_layers, cfg.content_dropout)
             if cfg.experts:
                 self.expert_bank: ModalityExperts | None = ModalityExperts(self.modalities, cfg.dim, cfg.expert_hidden)
                 n_e = self.expert_bank.n_experts
