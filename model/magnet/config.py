@@ -40,9 +40,8 @@ class MagnetConfig(BaseModel):
         "acts like lambda extra degree, so it matters most for items with few interactions"
     )
     edge_dropout: float = Field(
-        0.0, ge=0, lt=1, description="share of user-item edges pruned each training epoch, "
-        "degree-sensitively (edges between high-degree nodes go first); 0 keeps all (the default: "
-        "users with two edges lose the signal they have, docs/model.md)"
+        0.5, ge=0, lt=1, description="share of user-item edges pruned each training epoch, "
+        "degree-sensitively (edges between high-degree nodes go first, so thin users keep theirs); 0 keeps all"
     )
     modality_layers: int = Field(1, ge=0, description="L_c: smoothing layers of p^m over S^m")
     content_dropout: float = Field(
