@@ -8,6 +8,7 @@ hit returns, so a cached answer is byte-for-byte the computed one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 
 from service.cache import Cache, explain_key, recommend_key
+from service.events import NO_EVENTS, EventStore, UserEvents
 from service.explanations import explain_pair
 from service.metrics import Metrics
 from service.state import ModelState
@@ -24,60 +26,134 @@ def _items(state: ModelState, ids: np.ndarray, scores: np.ndarray) -> list[dict[
     return [{"item_id": item_ids[i], "score": s} for i, s in zip(ids.tolist(), scores.tolist())]
 
 
-def compute_recommendations(state: ModelState, user_ids: Sequence[str], k: int) -> list[dict[str, Any]]:
-    """Bodies for `user_ids` in order: known users through one batched FAISS search,
-    unknown ones get the popular items with ``fallback: "popular"``."""
-    known = [(n, state.user_index[u]) for n, u in enumerate(user_ids) if u in state.user_index]
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One user's request beyond its id, as internal item indices (see POST /recommend/{user_id})."""
+
+    k: int
+    history: np.ndarray = field(default_factory=lambda: _NONE)
+    exclude: np.ndarray = field(default_factory=lambda: _NONE)
+    allowed: np.ndarray | None = None  # candidates and filter together; None = every item
+
+
+def event_items(state: ModelState, events: UserEvents) -> np.ndarray:
+    """A user's event item ids as internal indices (items the served bundle lacks are skipped)."""
+    if not events.items:
+        return _NONE
+    index = state.item_index
+    return np.array([index[i] for i in events.items if i in index], dtype=np.int64)
+
+
+def compute_one(state: ModelState, user_id: str, events: np.ndarray, q: Query) -> dict[str, Any]:
+    """The body for one user with events and a query: the user's vector folded in from events and
+    history (less what `exclude` names), ranking exact over what remains (service.search.rank)."""
+    user = state.user_index.get(user_id)
+    fold = np.setdiff1d(np.union1d(events, q.history), q.exclude)
+    vec = state.foldin.user_vector(user, fold)
+    seen = state.bundle.seen(user) if user is not None else _NONE
+    excluded = np.unique(np.concatenate([seen, events, q.history, q.exclude]))
+    if vec is None:
+        ids, scores = state.searcher.popular_among(q.k, excluded, q.allowed)
+        fallback: str | None = "popular"
+    else:
+        ids, scores = state.searcher.rank(vec, excluded, q.k, q.allowed)
+        fallback = None if user is not None else "history"
+    return {"user_id": user_id, "model_version": state.model_version, "fallback": fallback,
+            "items": _items(state, ids, scores)}
+
+
+def compute_recommendations(state: ModelState, user_ids: Sequence[str], k: int,
+                            events: Sequence[np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """Bodies for `user_ids` in order: known users without events through one batched FAISS
+    search, users with events folded in (`compute_one`), the rest get the popular items with
+    ``fallback: "popular"``."""
+    events = events if events is not None else [_NONE] * len(user_ids)
+    known = [(n, state.user_index[u]) for n, u in enumerate(user_ids)
+             if u in state.user_index and not events[n].size]
     ranked = state.searcher.recommend([u for _, u in known], k)
     out: list[dict[str, Any] | None] = [None] * len(user_ids)
     for (n, _), (ids, scores) in zip(known, ranked):
         out[n] = {"user_id": user_ids[n], "model_version": state.model_version, "fallback": None,
                   "items": _items(state, ids, scores)}
-    if len(known) < len(user_ids):
-        pop = _items(state, *state.searcher.popular(k))
-        for n, body in enumerate(out):
-            if body is None:
-                out[n] = {"user_id": user_ids[n], "model_version": state.model_version, "fallback": "popular",
-                          "items": pop}
+    pop: list[dict[str, Any]] | None = None
+    for n, body in enumerate(out):
+        if body is not None:
+            continue
+        if events[n].size:
+            out[n] = compute_one(state, user_ids[n], events[n], Query(k))
+            continue
+        if pop is None:
+            pop = _items(state, *state.searcher.popular(k))
+        out[n] = {"user_id": user_ids[n], "model_version": state.model_version, "fallback": "popular", "items": pop}
     return out  # type: ignore[return-value]
+
+
+async def user_events(store: EventStore, user_ids: Sequence[str]) -> list[UserEvents]:
+    """Each user's events; none when they cannot be read (Redis down): the answer is then the
+    bundle's alone, which is exactly what the cache holds under event counter 0, so it may be
+    served from (and written to) the cache as such."""
+    got = await store.recent(user_ids)
+    return [NO_EVENTS] * len(user_ids) if got is None else got
 
 
 async def recommendations(
     state: ModelState, cache: Cache, metrics: Metrics, user_ids: Sequence[str], k: int, *,
-    use_cache: bool, offload_work: int,
+    use_cache: bool, offload_work: int, store: EventStore,
 ) -> list[tuple[bytes, str]]:
-    """(JSON body, "hit" | "miss" | "fallback") per user. Known users go through the
-    cache (one MGET / one pipelined SET for a batch); fallbacks are cheap and not cached.
-    A search of more than `offload_work` multiply-adds (queries x items x dim) runs in
-    a worker thread, keeping the event loop free for other requests."""
-    known = [n for n, u in enumerate(user_ids) if u in state.user_index]
+    """(JSON body, "hit" | "miss" | "fallback") per user. Answers that are not the popular
+    fallback go through the cache (one MGET / one pipelined SET for a batch) under keys that
+    carry each user's event counter. A search of more than `offload_work` multiply-adds
+    (queries x items x dim) runs in a worker thread, keeping the event loop free."""
+    evs = await user_events(store, user_ids)
+    cacheable = [n for n, u in enumerate(user_ids) if u in state.user_index or evs[n].items]
     cached: list[bytes | None] = [None] * len(user_ids)
-    if use_cache and known:
-        keys = [recommend_key(state.model_version, user_ids[n], k) for n in known]
-        for n, value in zip(known, await cache.get_many(keys, "recommend")):
+    keys = {n: recommend_key(state.model_version, user_ids[n], k, evs[n].count) for n in cacheable}
+    if use_cache and cacheable:
+        for n, value in zip(cacheable, await cache.get_many([keys[n] for n in cacheable], "recommend")):
             cached[n] = value
     todo = [n for n in range(len(user_ids)) if cached[n] is None]
     result: list[tuple[bytes, str]] = [(v, "hit") if v is not None else (b"", "") for v in cached]
     if todo:
         wanted = [user_ids[n] for n in todo]
+        items = [event_items(state, evs[n]) for n in todo]
         b = state.bundle
         if len(todo) * b.n_items * b.dim > offload_work:
-            bodies = await run_in_threadpool(compute_recommendations, state, wanted, k)
+            bodies = await run_in_threadpool(compute_recommendations, state, wanted, k, items)
         else:
-            bodies = compute_recommendations(state, wanted, k)
+            bodies = compute_recommendations(state, wanted, k, items)
         writes = []
         for n, body in zip(todo, bodies):
             data = orjson.dumps(body)
             if body["fallback"]:
                 metrics.fallbacks.labels(body["fallback"]).inc()
+            if body["fallback"] == "popular":
                 result[n] = (data, "fallback")
             else:
                 result[n] = (data, "miss")
-                if use_cache:
-                    writes.append((recommend_key(state.model_version, user_ids[n], k), data))
+                if use_cache and n in keys:
+                    writes.append((keys[n], data))
         if writes:
             await cache.set_many(writes)
     return result
+
+
+async def recommend_query(state: ModelState, metrics: Metrics, user_id: str, q: Query, *,
+                          offload_work: int, store: EventStore) -> bytes:
+    """The body of POST /recommend/{user_id} (and GET with ``exclude``): not cached (it depends on
+    the request), folded in from the user's events and the request's history."""
+    (evs,) = await user_events(store, [user_id])
+    events = event_items(state, evs)
+    b = state.bundle
+    if b.n_items * b.dim > offload_work:
+        body = await run_in_threadpool(compute_one, state, user_id, events, q)
+    else:
+        body = compute_one(state, user_id, events, q)
+    if body["fallback"]:
+        metrics.fallbacks.labels(body["fallback"]).inc()
+    return orjson.dumps(body)
 
 
 def compute_similar(state: ModelState, item: int, k: int) -> dict[str, Any]:
@@ -86,17 +162,26 @@ def compute_similar(state: ModelState, item: int, k: int) -> dict[str, Any]:
             "items": _items(state, ids, scores)}
 
 
-async def explanation(state: ModelState, cache: Cache, user_id: str, item_id: str) -> bytes:
-    """JSON body of the explanation for known ids, with ``cached`` true on a hit.
+async def explanation(state: ModelState, cache: Cache, user_id: str, item_id: str, *,
+                      store: EventStore) -> bytes | None:
+    """JSON body of the explanation, with ``cached`` true on a hit; None for a user the model
+    never saw who has no events either. A user with events is explained with the vector
+    /recommend ranks with (folded in from them), under a key carrying the event counter.
 
     The cache holds the body without the flag; it is appended on the way out."""
-    key = explain_key(state.model_version, user_id, item_id)
+    (evs,) = await user_events(store, [user_id])
+    user = state.user_index.get(user_id)
+    if user is None and not evs.items:
+        return None
+    key = explain_key(state.model_version, user_id, item_id, evs.count)
     (hit,) = await cache.get_many([key], "explain")
     if hit is not None:
         return hit[:-1] + b',"cached":true}'
+    vec = state.foldin.user_vector(user, event_items(state, evs))
+    if vec is None:
+        return None
     body = {"user_id": user_id, "item_id": item_id, "model_version": state.model_version,
-            **explain_pair(state.bundle, state.user_index[user_id], state.item_index[item_id],
-                           attribution=state.attribution)}
+            **explain_pair(state.bundle, vec, state.item_index[item_id], attribution=state.attribution)}
     data = orjson.dumps(body)
     await cache.set_many([(key, data)])
     return data[:-1] + b',"cached":false}'

@@ -47,6 +47,13 @@ def drop_excluded(cand: np.ndarray, exclude: np.ndarray) -> np.ndarray:
     return cand[ex[pos] != cand]
 
 
+def _mask(n: int, items: np.ndarray) -> np.ndarray:
+    """A boolean [n] mask, True at `items`."""
+    keep = np.zeros(n, dtype=bool)
+    keep[np.asarray(items, dtype=np.int64)] = True
+    return keep
+
+
 def _top(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best k by score, ties broken by item index so results are reproducible."""
     order = np.lexsort((cand, -scores))[:k]
@@ -56,10 +63,11 @@ def _top(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.n
 class ItemSearcher:
     """Recommend / similar-items / popular lists for one bundle (read-only, thread-safe)."""
 
-    def __init__(self, bundle: Bundle, *, margin: int = 16, threads: int = 1) -> None:
+    def __init__(self, bundle: Bundle, *, margin: int = 16, threads: int = 1, brute_force_max: int = 20_000) -> None:
         import faiss
 
         self.bundle = bundle
+        self.brute_force_max = brute_force_max
         self.index = bundle.index
         self.margin = margin
         self.threads = threads
@@ -134,3 +142,51 @@ class ItemSearcher:
     def popular(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k most trained-on items and their training counts (the cold-start fallback)."""
         return self.popular_order[:k], self.popular_scores[:k]
+
+    def popular_among(self, k: int, exclude: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The k most trained-on items of `allowed` (all items when None) without `exclude`."""
+        if allowed is None and not exclude.size:
+            return self.popular(k)
+        keep = np.ones(self.bundle.n_items, dtype=bool) if allowed is None else _mask(self.bundle.n_items, allowed)
+        keep[exclude] = False
+        order = self.popular_order[keep[self.popular_order]][:k]
+        return order, self.bundle.popularity.astype(np.float64)[order]
+
+    def rank(self, query: np.ndarray, exclude: np.ndarray, k: int, allowed: np.ndarray | None = None,
+             mode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items for one query vector among `allowed` (all items when None) without `exclude`.
+
+        Exact over what remains whenever the index is: a narrow allowed set (at most
+        `brute_force_max` items, or ``mode="brute"``) is scored in full with `score_items`;
+        a wider one is searched with a FAISS ID selector (a bitmap of the allowed items
+        minus the excluded ones, ``mode="faiss"``) and the candidates re-scored, so no
+        excluded or filtered-out item can take a place in the result. No filter: the plain
+        search with `exclude` removed after it (made deep enough, see `_ranked`)."""
+        n = self.bundle.n_items
+        query = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        exclude = np.asarray(exclude, dtype=np.int64)
+        if allowed is None and mode == "auto":
+            return self._ranked(query, [exclude], k)[0]
+        keep = np.ones(n, dtype=bool) if allowed is None else _mask(n, allowed)
+        keep[exclude] = False
+        if mode == "brute" or (mode == "auto" and int(keep.sum()) <= self.brute_force_max):
+            cand = np.flatnonzero(keep)
+            return _top(cand, score_items(query[0], self.bundle.item_emb, cand), k)
+        remaining = int(keep.sum())
+        wanted = min(k, remaining)
+        if not wanted:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        _set_omp_threads(self._faiss, self.threads)
+        selector = self._faiss.IDSelectorBitmap(n, self._faiss.swig_ptr(np.packbits(keep, bitorder="little")))
+        depth = min(remaining, k + self.margin)
+        if self._hnsw:
+            params: Any = self._faiss.SearchParametersHNSW()
+            params.efSearch = max(self._ef_search, depth)
+        else:
+            params = self._faiss.SearchParameters()
+        params.sel = selector
+        _, ids = self.index.search(query, depth, params=params)
+        cand = ids[0][ids[0] >= 0]
+        if cand.size < wanted:  # an approximate graph that could not reach enough allowed items
+            cand = np.flatnonzero(keep)
+        return _top(cand, score_items(query[0], self.bundle.item_emb, cand), k)
