@@ -136,3 +136,46 @@ def test_redis_down_events_503_and_recommend_keeps_answering(start_server, bundl
     assert c.post(f"/recommend/{user}", json={"k": 5}).status_code == 200
     assert c.get("/readyz").json()["events"] == "redis"
     assert with_event != plain
+
+
+def test_events_export_round_trips_through_magnet_import(start_server, bundle_dir, loaded, redis_server, tmp_path):
+    """POST /events -> `magnet events export` -> `magnet import`: the same (user, item, time) rows."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from offline.dataset import load_dataset
+
+    live = start_server(bundle=bundle_dir, redis_url=redis_server.url)
+    events = [{"user_id": f"web-{u}", "item_id": loaded.item_ids[(7 * u + 3 * n) % loaded.n_items],
+               "timestamp": 1_700_000_000 + 60 * n + u} for u in range(4) for n in range(5)]
+    assert live.client().post("/events", json={"events": events}).json() == {"accepted": 20}
+
+    def magnet(*args):
+        return subprocess.run([sys.executable, "-m", "offline", *map(str, args)], capture_output=True, text=True,
+                              timeout=300)
+
+    out = tmp_path / "events.csv"
+    proc = magnet("events", "export", "--redis", redis_server.url, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out, dtype=str)
+    assert list(table.columns) == ["user_id", "item_id", "timestamp"]
+    assert table.values.tolist() == [[e["user_id"], e["item_id"], str(e["timestamp"])] for e in events]
+
+    since = magnet("events", "export", "--redis", redis_server.url, "--out", tmp_path / "late.csv",
+                   "--since", 1_700_000_000 + 60 * 3)
+    assert since.returncode == 0, since.stderr
+    assert len(pd.read_csv(tmp_path / "late.csv")) == 8  # n = 3, 4 for each of the 4 users
+
+    proc = magnet("import", "--interactions", out, "--kcore", 1, "--name", "events", "--out", tmp_path / "data")
+    assert proc.returncode == 0, proc.stderr
+    ds = load_dataset(tmp_path / "data")
+    pairs = {(ds.user_ids[u], ds.item_ids[i]) for part in (ds.train, ds.valid, ds.test) for u, i in part}
+    assert pairs == {(e["user_id"], e["item_id"]) for e in events}
+
+    redis_server.kill()
+    proc = magnet("events", "export", "--redis", redis_server.url, "--out", tmp_path / "x.csv")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: cannot read the event stream") and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.csv").exists()
