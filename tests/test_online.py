@@ -14,11 +14,14 @@ from offline.export import export_bundle
 from offline.synthetic import make_run
 from service.bundle import load_bundle
 from service.foldin import FoldIn
+from service.settings import Settings
 from service.item_files import ITEM_ATTRIBUTES
 from service.schemas import Recommendation
 from service.search import score_items
 
 GENRES = ("action", "comedy", "drama", "horror", "scifi")
+
+DEFAULT_METHOD = Settings.model_fields["foldin_method"].default  # what a server uses unless told
 
 
 def attributes(n_items: int) -> list[dict[str, list[str]] | None]:
@@ -81,7 +84,7 @@ def test_unknown_user_is_folded_in_from_history(server, loaded):
     assert r.status_code == 200
     body = Recommendation.model_validate(r.json())
     assert body.fallback == "history" and body.user_id == "newcomer"
-    vec = FoldIn(loaded, method="graph").user_vector(None, np.array(history)).astype(np.float32)
+    vec = FoldIn(loaded, method=DEFAULT_METHOD).user_vector(None, np.array(history)).astype(np.float32)
     ref, ref_scores = brute_force(loaded, vec, history, None, 15)
     assert [it.item_id for it in body.items] == ref
     np.testing.assert_allclose([it.score for it in body.items], ref_scores, rtol=1e-9)
@@ -94,7 +97,7 @@ def test_known_user_with_history_is_its_trained_vector_moved_and_never_gets_seen
     body = server.client().post(f"/recommend/{loaded.user_ids[u]}",
                                 json={"k": 20, "history": ids_of(loaded, new)}).json()
     assert body["fallback"] is None
-    vec = FoldIn(loaded, method="graph").user_vector(u, np.array(new))
+    vec = FoldIn(loaded, method=DEFAULT_METHOD).user_vector(u, np.array(new))
     ref, _ = brute_force(loaded, vec, seen + new, None, 20)
     assert [it["item_id"] for it in body["items"]] == ref
 
@@ -206,3 +209,16 @@ def test_item_attributes_travel_from_import_to_the_bundle(tmp_path):
     for ext, entry in zip(ds.item_ids, attrs):
         i = int(ext)
         assert entry == {"genres": ["Action", "Comedy"] if i % 2 else ["Drama"], "year": [str(1990 + i)]}
+
+
+@pytest.mark.parametrize("method", ["mean", "als", "graph"])
+def test_each_fold_in_method_serves_its_own_vector(start_server, online_run, tmp_path, method):
+    bundle = export_bundle(online_run.path, tmp_path / "b")
+    loaded = load_bundle(bundle)
+    live = start_server(bundle=bundle, foldin_method=method)
+    history = [4, 8, 15, 16, 23, 42]
+    body = live.client().post("/recommend/fresh", json={"k": 10, "history": ids_of(loaded, history)}).json()
+    vec = FoldIn(loaded, method=method).user_vector(None, np.array(history))
+    ref, ref_scores = brute_force(loaded, vec, history, None, 10)
+    assert [it["item_id"] for it in body["items"]] == ref
+    np.testing.assert_allclose([it["score"] for it in body["items"]], ref_scores, rtol=1e-9)
