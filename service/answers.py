@@ -26,7 +26,8 @@ def _items(state: ModelState, ids: np.ndarray, scores: np.ndarray) -> list[dict[
     return [{"item_id": item_ids[i], "score": s} for i, s in zip(ids.tolist(), scores.tolist())]
 
 
-_NONE = np.zeros(0, dtype=np.int64)
+_NONE = NO_ITEMS = np.zeros(0, dtype=np.int64)
+_NONE.setflags(write=False)
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,24 @@ def event_items(state: ModelState, events: UserEvents) -> np.ndarray:
     return np.array([index[i] for i in events.items if i in index], dtype=np.int64)
 
 
+def _union(*parts: np.ndarray) -> np.ndarray:
+    """Sorted distinct items of the non-empty parts (no work when at most one is non-empty and distinct)."""
+    full = [p for p in parts if p.size]
+    if not full:
+        return _NONE
+    return np.unique(np.concatenate(full)) if len(full) > 1 else np.unique(full[0])
+
+
 def compute_one(state: ModelState, user_id: str, events: np.ndarray, q: Query) -> dict[str, Any]:
     """The body for one user with events and a query: the user's vector folded in from events and
     history (less what `exclude` names), ranking exact over what remains (service.search.rank)."""
     user = state.user_index.get(user_id)
-    fold = np.setdiff1d(np.union1d(events, q.history), q.exclude)
+    fold = _union(events, q.history)
+    if q.exclude.size and fold.size:
+        fold = np.setdiff1d(fold, q.exclude, assume_unique=True)
     vec = state.foldin.user_vector(user, fold)
     seen = state.bundle.seen(user) if user is not None else _NONE
-    excluded = np.unique(np.concatenate([seen, events, q.history, q.exclude]))
+    excluded = _union(seen, events, q.history, q.exclude)
     if vec is None:
         ids, scores = state.searcher.popular_among(q.k, excluded, q.allowed)
         fallback: str | None = "popular"

@@ -97,11 +97,13 @@ class ItemSearcher:
         queries: np.ndarray,
         excludes: Sequence[np.ndarray],
         k: int,
+        distinct: bool = False,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Top-k items per query vector with each query's `excludes` removed."""
+        """Top-k items per query vector with each query's `excludes` removed (`distinct`: the
+        caller's excludes hold each item once already)."""
         n = self.bundle.n_items
         item_emb = self.bundle.item_emb
-        wanted = [min(k, n - int(np.unique(ex).size)) for ex in excludes]
+        wanted = [min(k, n - (ex.size if distinct else int(np.unique(ex).size))) for ex in excludes]
         out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(queries)
         pending = list(range(len(queries)))
         depth = min(n, k + max((ex.size for ex in excludes), default=0) + self.margin)
@@ -154,7 +156,8 @@ class ItemSearcher:
 
     def rank(self, query: np.ndarray, exclude: np.ndarray, k: int, allowed: np.ndarray | None = None,
              mode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items for one query vector among `allowed` (all items when None) without `exclude`.
+        """Top-k items for one query vector among `allowed` (all items when None) without `exclude`
+        (distinct items; see `service.answers.compute_one`).
 
         Exact over what remains whenever the index is: a narrow allowed set (at most
         `brute_force_max` items, or ``mode="brute"``) is scored in full with `score_items`;
@@ -166,7 +169,7 @@ class ItemSearcher:
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
         exclude = np.asarray(exclude, dtype=np.int64)
         if allowed is None and mode == "auto":
-            return self._ranked(query, [exclude], k)[0]
+            return self._ranked(query, [exclude], k, distinct=True)[0]
         keep = np.ones(n, dtype=bool) if allowed is None else _mask(n, allowed)
         keep[exclude] = False
         if mode == "brute" or (mode == "auto" and int(keep.sum()) <= self.brute_force_max):

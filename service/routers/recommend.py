@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from service.answers import Query as RankQuery
-from service.answers import recommend_query, recommendations
+from service.answers import NO_ITEMS, recommend_query, recommendations
 from service.dependencies import model_or_503
 from service.filters import UnknownAttribute, allowed_items
 from service.responses import OrjsonResponse
@@ -48,14 +48,17 @@ def unknown_items(loc: tuple, unknown: list[str], note: str = "") -> RequestVali
 
 
 def item_indices(state: ModelState, ids: Sequence[str], loc: tuple, limit: int) -> np.ndarray:
-    """Internal indices of external item ids; 422 over `limit` or naming the unknown ones."""
+    """Internal indices of external item ids, each once, in first-seen order; 422 over `limit`
+    or naming the unknown ones."""
+    if not ids:
+        return NO_ITEMS
     if len(ids) > limit:
         raise too_long(loc, len(ids), limit)
     index = state.item_index
-    unknown = [i for i in dict.fromkeys(ids) if i not in index]
-    if unknown:
-        raise unknown_items(loc, unknown)
-    return np.unique(np.array([index[i] for i in ids], dtype=np.int64))
+    found = [index.get(i, -1) for i in dict.fromkeys(ids)]
+    if -1 in found:
+        raise unknown_items(loc, [i for i in dict.fromkeys(ids) if i not in index])
+    return np.array(found, dtype=np.int64)
 
 
 @router.get("/recommend/{user_id}", response_model=Recommendation, responses=_503,
