@@ -183,6 +183,11 @@ def test_bad_input_is_422_naming_the_problem(server, loaded):
     assert c.post(f"/recommend/{user}", json={"k": 1001}).status_code == 422
     r = c.get(f"/recommend/{user}", params={"exclude": "zz-unknown"})
     assert r.status_code == 422 and "zz-unknown" in r.text
+    for raw in (b"{not json", b"\xcf\x80\xff", b"[1, 2]", b'{"history": "abc"}'):
+        r = c.post(f"/recommend/{user}", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][0] == "body", raw
+    # no body at all: every field at its default, the same answer as GET
+    assert c.post(f"/recommend/{user}").json() == c.get(f"/recommend/{user}").json()
 
 
 def test_bundle_without_attributes_names_that_in_the_422(start_server, bundle_dir, fake_run):
