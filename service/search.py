@@ -180,7 +180,8 @@ class ItemSearcher:
         if not wanted:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         _set_omp_threads(self._faiss, self.threads)
-        selector = self._faiss.IDSelectorBitmap(n, self._faiss.swig_ptr(np.packbits(keep, bitorder="little")))
+        bitmap = np.packbits(keep, bitorder="little")  # referenced until the search returns: FAISS keeps a raw pointer
+        selector = self._faiss.IDSelectorBitmap(n, self._faiss.swig_ptr(bitmap))
         depth = min(remaining, k + self.margin)
         if self._hnsw:
             params: Any = self._faiss.SearchParametersHNSW()
@@ -189,6 +190,7 @@ class ItemSearcher:
             params = self._faiss.SearchParameters()
         params.sel = selector
         _, ids = self.index.search(query, depth, params=params)
+        del selector, bitmap
         cand = ids[0][ids[0] >= 0]
         if cand.size < wanted:  # an approximate graph that could not reach enough allowed items
             cand = np.flatnonzero(keep)
