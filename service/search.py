@@ -157,7 +157,7 @@ class ItemSearcher:
     def rank(self, query: np.ndarray, exclude: np.ndarray, k: int, allowed: np.ndarray | None = None,
              mode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
         """Top-k items for one query vector among `allowed` (all items when None) without `exclude`
-        (distinct items; see `service.answers.compute_one`).
+        (each a list of distinct items; see `service.answers.compute_one`).
 
         Exact over what remains whenever the index is: a narrow allowed set (at most
         `brute_force_max` items, or ``mode="brute"``) is scored in full with `score_items`;
@@ -170,11 +170,12 @@ class ItemSearcher:
         exclude = np.asarray(exclude, dtype=np.int64)
         if allowed is None and mode == "auto":
             return self._ranked(query, [exclude], k, distinct=True)[0]
+        if mode == "brute" or (mode == "auto" and allowed is not None and allowed.size <= self.brute_force_max):
+            # score the allowed set in full: work in its size, never the catalogue's
+            cand = np.setdiff1d(np.arange(n), exclude) if allowed is None else drop_excluded(allowed, exclude)
+            return _top(cand, score_items(query[0], self.bundle.item_emb, cand), k)
         keep = np.ones(n, dtype=bool) if allowed is None else _mask(n, allowed)
         keep[exclude] = False
-        if mode == "brute" or (mode == "auto" and int(keep.sum()) <= self.brute_force_max):
-            cand = np.flatnonzero(keep)
-            return _top(cand, score_items(query[0], self.bundle.item_emb, cand), k)
         remaining = int(keep.sum())
         wanted = min(k, remaining)
         if not wanted:
