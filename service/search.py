@@ -154,26 +154,47 @@ class ItemSearcher:
         order = self.popular_order[keep[self.popular_order]][:k]
         return order, self.bundle.popularity.astype(np.float64)[order]
 
+    def _scan(self, query: np.ndarray, cand: np.ndarray, k: int, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of `cand`, working in its size (never the catalogue's): small sets are scored
+        with `score_items` directly; larger ones are scored in float32 chunk by chunk, the best
+        k + margin of each kept, and those re-scored - the flat index's float32 proposal and
+        float64 rescoring, without a catalogue-sized mask or a float64 copy of the set."""
+        item_emb = self.bundle.item_emb
+        depth = k + self.margin
+        if cand.size <= max(4 * depth, 4096):
+            return _top(cand, score_items(query, item_emb, cand), k)
+        keep = []
+        for start in range(0, cand.size, chunk):
+            part = cand[start:start + chunk]
+            scores = item_emb[part] @ query
+            if part.size > depth:
+                part = part[np.argpartition(-scores, depth - 1)[:depth]]
+            keep.append(part)
+        best = np.concatenate(keep)
+        return _top(best, score_items(query, item_emb, best), k)
+
     def rank(self, query: np.ndarray, exclude: np.ndarray, k: int, allowed: np.ndarray | None = None,
              mode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
         """Top-k items for one query vector among `allowed` (all items when None) without `exclude`
         (each a list of distinct items; see `service.answers.compute_one`).
 
-        Exact over what remains whenever the index is: a narrow allowed set (at most
-        `brute_force_max` items, or ``mode="brute"``) is scored in full with `score_items`;
-        a wider one is searched with a FAISS ID selector (a bitmap of the allowed items
-        minus the excluded ones, ``mode="faiss"``) and the candidates re-scored, so no
-        excluded or filtered-out item can take a place in the result. No filter: the plain
-        search with `exclude` removed after it (made deep enough, see `_ranked`)."""
+        With a filter the result is exact whatever the index (docs/benchmarks.md, "Filtered
+        retrieval"): an allowed set of at most `brute_force_max` items, any allowed set under an
+        approximate (HNSW) index, or ``mode="brute"`` is scanned in full (`_scan`); a wider one
+        under the exact flat index is searched with a FAISS ID selector (a bitmap of the allowed
+        items minus the excluded ones; ``mode="faiss"`` forces it, also on HNSW, where it is
+        approximate) and the candidates re-scored, so no excluded or filtered-out item can take
+        a place in the result. No filter: the plain search with `exclude` removed after it (made
+        deep enough, see `_ranked`)."""
         n = self.bundle.n_items
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
         exclude = np.asarray(exclude, dtype=np.int64)
         if allowed is None and mode == "auto":
             return self._ranked(query, [exclude], k, distinct=True)[0]
-        if mode == "brute" or (mode == "auto" and allowed is not None and allowed.size <= self.brute_force_max):
-            # score the allowed set in full: work in its size, never the catalogue's
+        if mode == "brute" or (mode == "auto" and allowed is not None
+                               and (allowed.size <= self.brute_force_max or not self.exact)):
             cand = np.setdiff1d(np.arange(n), exclude) if allowed is None else drop_excluded(allowed, exclude)
-            return _top(cand, score_items(query[0], self.bundle.item_emb, cand), k)
+            return self._scan(query[0], cand, k)
         keep = np.ones(n, dtype=bool) if allowed is None else _mask(n, allowed)
         keep[exclude] = False
         remaining = int(keep.sum())
