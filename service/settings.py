@@ -53,9 +53,9 @@ class Settings(BaseSettings):
     offload_work: int = Field(4_000_000, ge=0, description="a /recommend search of more multiply-adds "
                               "(queries x items x dim) runs in a worker thread, off the event loop")
     foldin_method: Literal["mean", "als", "graph"] = Field(
-        "mean", description="how a user vector is folded in from items (history, events): mean of their "
+        "graph", description="how a user vector is folded in from items (history, events): mean of their "
         "vectors, implicit-ALS least squares, or MAGNET's graph aggregation mapped into the trained users' space; "
-        "mean measured best on Recall@20 (docs/benchmarks.md, 'Online fold-in')"
+        "graph measured best over three held-out draws (docs/benchmarks.md, 'Online fold-in')"
     )
     foldin_als_reg: float = Field(1.0, gt=0, description="ALS fold-in: ridge regularisation")
     foldin_als_alpha: float = Field(1.0, gt=0, description="ALS fold-in: confidence of an observed item")
