@@ -49,7 +49,7 @@ def event_items(state: ModelState, events: UserEvents) -> np.ndarray:
 
 
 def _union(*parts: np.ndarray) -> np.ndarray:
-    """Sorted distinct items of the non-empty parts (no work when at most one is non-empty and distinct)."""
+    """Sorted distinct items of the non-empty parts (no concatenation when only one is non-empty)."""
     full = [p for p in parts if p.size]
     if not full:
         return _NONE
