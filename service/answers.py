@@ -16,7 +16,7 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 
 from service.cache import Cache, explain_key, recommend_key
-from service.events import NO_EVENTS, EventStore, UserEvents
+from service.events import EventStore
 from service.explanations import explain_pair
 from service.metrics import Metrics
 from service.state import ModelState
@@ -40,12 +40,12 @@ class Query:
     allowed: np.ndarray | None = None  # candidates and filter together; None = every item
 
 
-def event_items(state: ModelState, events: UserEvents) -> np.ndarray:
+def event_items(state: ModelState, items: Sequence[str]) -> np.ndarray:
     """A user's event item ids as internal indices (items the served bundle lacks are skipped)."""
-    if not events.items:
+    if not items:
         return _NONE
     index = state.item_index
-    return np.array([index[i] for i in events.items if i in index], dtype=np.int64)
+    return np.array([index[i] for i in items if i in index], dtype=np.int64)
 
 
 def _union(*parts: np.ndarray) -> np.ndarray:
@@ -102,12 +102,17 @@ def compute_recommendations(state: ModelState, user_ids: Sequence[str], k: int,
     return out  # type: ignore[return-value]
 
 
-async def user_events(store: EventStore, user_ids: Sequence[str]) -> list[UserEvents]:
-    """Each user's events; none when they cannot be read (Redis down): the answer is then the
-    bundle's alone, which is exactly what the cache holds under event counter 0, so it may be
-    served from (and written to) the cache as such."""
-    got = await store.recent(user_ids)
-    return [NO_EVENTS] * len(user_ids) if got is None else got
+async def event_counts(store: EventStore, user_ids: Sequence[str]) -> list[int]:
+    """Each user's event counter (0 for none); all 0 when it cannot be read (Redis down): the answer
+    is then the bundle's alone, which is exactly what the cache holds under counter 0."""
+    got = await store.counts(user_ids)
+    return [0] * len(user_ids) if got is None else got
+
+
+async def event_lists(state: ModelState, store: EventStore, user_ids: Sequence[str]) -> list[np.ndarray] | None:
+    """Each user's event items as internal indices; None when they cannot be read (Redis down)."""
+    got = await store.items(user_ids)
+    return None if got is None else [event_items(state, items) for items in got]
 
 
 async def recommendations(
@@ -116,12 +121,13 @@ async def recommendations(
 ) -> list[tuple[bytes, str]]:
     """(JSON body, "hit" | "miss" | "fallback") per user. Answers that are not the popular
     fallback go through the cache (one MGET / one pipelined SET for a batch) under keys that
-    carry each user's event counter. A search of more than `offload_work` multiply-adds
-    (queries x items x dim) runs in a worker thread, keeping the event loop free."""
-    evs = await user_events(store, user_ids)
-    cacheable = [n for n, u in enumerate(user_ids) if u in state.user_index or evs[n].items]
+    carry each user's event counter (one GET / MGET before the cache); the users' event items
+    are read only for the answers that are computed. A search of more than `offload_work`
+    multiply-adds (queries x items x dim) runs in a worker thread, keeping the event loop free."""
+    counts = await event_counts(store, user_ids)
+    cacheable = [n for n, u in enumerate(user_ids) if u in state.user_index or counts[n]]
     cached: list[bytes | None] = [None] * len(user_ids)
-    keys = {n: recommend_key(state.model_version, user_ids[n], k, evs[n].count) for n in cacheable}
+    keys = {n: recommend_key(state.model_version, user_ids[n], k, counts[n]) for n in cacheable}
     if use_cache and cacheable:
         for n, value in zip(cacheable, await cache.get_many([keys[n] for n in cacheable], "recommend")):
             cached[n] = value
@@ -129,7 +135,11 @@ async def recommendations(
     result: list[tuple[bytes, str]] = [(v, "hit") if v is not None else (b"", "") for v in cached]
     if todo:
         wanted = [user_ids[n] for n in todo]
-        items = [event_items(state, evs[n]) for n in todo]
+        with_events = [n for n in todo if counts[n]]
+        lists = await event_lists(state, store, [user_ids[n] for n in with_events]) if with_events else []
+        unreadable = lists is None  # counters read, items not: answer from the bundle, cache nothing of theirs
+        by_user = dict(zip(with_events, lists or []))
+        items = [by_user.get(n, _NONE) for n in todo]
         b = state.bundle
         if len(todo) * b.n_items * b.dim > offload_work:
             bodies = await run_in_threadpool(compute_recommendations, state, wanted, k, items)
@@ -144,7 +154,7 @@ async def recommendations(
                 result[n] = (data, "fallback")
             else:
                 result[n] = (data, "miss")
-                if use_cache and n in keys:
+                if use_cache and n in keys and not (unreadable and counts[n]):
                     writes.append((keys[n], data))
         if writes:
             await cache.set_many(writes)
@@ -155,8 +165,8 @@ async def recommend_query(state: ModelState, metrics: Metrics, user_id: str, q: 
                           offload_work: int, store: EventStore) -> bytes:
     """The body of POST /recommend/{user_id} (and GET with ``exclude``): not cached (it depends on
     the request), folded in from the user's events and the request's history."""
-    (evs,) = await user_events(store, [user_id])
-    events = event_items(state, evs)
+    lists = await event_lists(state, store, [user_id])
+    events = lists[0] if lists else _NONE
     b = state.bundle
     if b.n_items * b.dim > offload_work:
         body = await run_in_threadpool(compute_one, state, user_id, events, q)
@@ -180,19 +190,21 @@ async def explanation(state: ModelState, cache: Cache, user_id: str, item_id: st
     /recommend ranks with (folded in from them), under a key carrying the event counter.
 
     The cache holds the body without the flag; it is appended on the way out."""
-    (evs,) = await user_events(store, [user_id])
+    (count,) = await event_counts(store, [user_id])
     user = state.user_index.get(user_id)
-    if user is None and not evs.items:
+    if user is None and not count:
         return None
-    key = explain_key(state.model_version, user_id, item_id, evs.count)
+    key = explain_key(state.model_version, user_id, item_id, count)
     (hit,) = await cache.get_many([key], "explain")
     if hit is not None:
         return hit[:-1] + b',"cached":true}'
-    vec = state.foldin.user_vector(user, event_items(state, evs))
+    lists = await event_lists(state, store, [user_id]) if count else [_NONE]
+    vec = state.foldin.user_vector(user, lists[0] if lists else _NONE)
     if vec is None:
         return None
     body = {"user_id": user_id, "item_id": item_id, "model_version": state.model_version,
             **explain_pair(state.bundle, vec, state.item_index[item_id], attribution=state.attribution)}
     data = orjson.dumps(body)
-    await cache.set_many([(key, data)])
+    if lists is not None:  # never file a bundle-only answer under a counter that has events
+        await cache.set_many([(key, data)])
     return data[:-1] + b',"cached":false}'

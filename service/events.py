@@ -13,9 +13,14 @@ Redis layout (keys are not tied to a model version: events outlive reloads):
 
 A batch is written in one MULTI/EXEC transaction: it is stored whole or not at all,
 and POST /events acknowledges only after EXEC returned. Redis configured but down ->
-`EventsUnavailable` (the route answers 503). Reads on the recommendation path never
-fail a request: a Redis error is logged, reads pause for MAGNET_REDIS_BACKOFF_S, and
-the answer comes from the bundle alone (and is not cached).
+`EventsUnavailable` (the route answers 503).
+
+Reads: every answer reads the user's counter (one GET: it names the cache key); only an
+answer that is computed reads the user's items too. The counter is incremented in the
+same transaction that adds the items, so an answer computed from items newer than the
+counter it was keyed under can only be served to requests that read that counter before
+the event landed. Reads never fail a request: a Redis error is logged, reads pause for
+MAGNET_REDIS_BACKOFF_S, and the answer comes from the bundle alone.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 STREAM = "magnet:events"
+_FAILED = object()  # a read that Redis did not answer
 
 
 def user_key(user_id: str) -> str:
@@ -51,27 +57,20 @@ class Event:
     timestamp: float
 
 
-@dataclass(frozen=True)
-class UserEvents:
-    """What a user's recommendations need: the event counter and recent item ids (newest first)."""
-
-    count: int
-    items: tuple[str, ...]
-
-
-NO_EVENTS = UserEvents(0, ())
-
-
 class EventsUnavailable(RuntimeError):
     """The configured Redis did not take the events; nothing was acknowledged."""
 
 
 class EventStore(Protocol):
+    """Where events live. Reads return None when the store cannot be read (Redis down)."""
+
     backend: str
 
     async def add(self, events: Sequence[Event]) -> int: ...
 
-    async def recent(self, user_ids: Sequence[str]) -> list[UserEvents] | None: ...
+    async def counts(self, user_ids: Sequence[str]) -> list[int] | None: ...
+
+    async def items(self, user_ids: Sequence[str]) -> list[tuple[str, ...]] | None: ...
 
     async def close(self) -> None: ...
 
@@ -94,12 +93,13 @@ class MemoryEvents:
             self.log.append(e)
         return len(events)
 
-    async def recent(self, user_ids: Sequence[str]) -> list[UserEvents] | None:
-        out = []
-        for u in user_ids:
-            entry = self._users.get(u)
-            out.append(UserEvents(entry[0], tuple(entry[1])) if entry else NO_EVENTS)
-        return out
+    async def counts(self, user_ids: Sequence[str]) -> list[int] | None:
+        users = self._users
+        return [users[u][0] if u in users else 0 for u in user_ids]
+
+    async def items(self, user_ids: Sequence[str]) -> list[tuple[str, ...]] | None:
+        users = self._users
+        return [tuple(users[u][1]) if u in users else () for u in user_ids]
 
     async def close(self) -> None:
         self._users.clear()
@@ -137,28 +137,42 @@ class RedisEvents:
             raise EventsUnavailable(f"event store (redis) unavailable: {type(exc).__name__}") from None
         return len(events)
 
-    async def recent(self, user_ids: Sequence[str]) -> list[UserEvents] | None:
-        if not user_ids:
-            return []
+    async def _read(self, what: str, call: Any) -> Any:
+        """`call()`'s result, or `_FAILED` (logged, reads paused for the back-off) when Redis fails."""
         if time.monotonic() < self._down_until:
-            return None
-        pipe = self._client.pipeline(transaction=True)  # counter and list read together
-        for u in user_ids:
-            pipe.get(counter_key(u))
-            pipe.lrange(user_key(u), 0, -1)
+            return _FAILED
         try:
             async with asyncio.timeout(self._read_timeout):
-                raw = await pipe.execute()
+                return await call()
         except Exception as exc:
             log.warning("events unreadable, answering from the bundle alone",
-                        extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": self._backoff})
+                        extra={"what": what, "error": f"{type(exc).__name__}: {exc}", "retry_in_s": self._backoff})
             self._down_until = time.monotonic() + self._backoff
-            return None
-        out = []
-        for n in range(len(user_ids)):
-            count, items = raw[2 * n], raw[2 * n + 1]
-            out.append(UserEvents(int(count), tuple(i.decode() for i in items)) if count else NO_EVENTS)
-        return out
+            return _FAILED
+
+    async def counts(self, user_ids: Sequence[str]) -> list[int] | None:
+        """Each user's event counter: one GET (MGET for several), the one read every answer pays."""
+        if not user_ids:
+            return []
+        if len(user_ids) == 1:
+            raw = await self._read("count", lambda: self._client.get(counter_key(user_ids[0])))
+            return None if raw is _FAILED else [int(raw or 0)]
+        raw = await self._read("count", lambda: self._client.mget([counter_key(u) for u in user_ids]))
+        return None if raw is _FAILED else [int(v or 0) for v in raw]
+
+    async def items(self, user_ids: Sequence[str]) -> list[tuple[str, ...]] | None:
+        """Each user's recent item ids, newest first (read only when an answer is computed)."""
+        if not user_ids:
+            return []
+
+        async def lists() -> list:
+            pipe = self._client.pipeline(transaction=False)
+            for u in user_ids:
+                pipe.lrange(user_key(u), 0, -1)
+            return await pipe.execute()
+
+        raw = await self._read("items", lists)
+        return None if raw is _FAILED else [tuple(i.decode() for i in items) for items in raw]
 
     async def close(self) -> None:
         try:
