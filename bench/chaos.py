@@ -23,8 +23,9 @@ private redis-server, and the API image under the local Docker engine). Parts:
           container is not restarted by its policy), then a crash (the container's
           process SIGKILLed from the host; the `unless-stopped` policy restarts it):
           seconds until /readyz answers 200 and until the healthcheck says healthy.
-  events  only if the service has POST /events (it does not in this branch: the part
-          reports why it is skipped).
+  events  POST /events with Redis up (every acknowledged event is in the stream), Redis
+          SIGKILLed (every POST /events 503, nothing acknowledged; /recommend 200), Redis
+          back and events stored again; a user's recommendations exclude its events.
 
 Per-request latency comes from a wrk Lua script that timestamps each request with the
 monotonic clock (LuaJIT ffi), one connection per wrk thread so requests and responses
@@ -52,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -439,12 +441,45 @@ def _until(cond: Any, t0: float, timeout: float, step: float = 0.1) -> float | N
     return None if _wait(cond, timeout, step) is None else round(time.monotonic() - t0, 1)
 
 
-def part_events(server: Server) -> dict[str, Any]:
-    status, doc = request(server.url, path="/openapi.json")
-    if "/events" not in doc.get("paths", {}):
-        return {"skipped": "POST /events does not exist in this branch (the online-events endpoint is being built "
-                           "in parallel); nothing to check"}
-    return {"skipped": "POST /events exists but this part is not written yet", "ok": False}
+def part_events(server: Server, redis_port: int, rproc_box: list[subprocess.Popen], user_ids: list[str],
+                item_ids: list[str], tmp: Path, batches: int = 200) -> dict[str, Any]:
+    """POST /events with Redis up (every 202's events in the stream), Redis SIGKILLed (every
+    POST /events 503, every /recommend 200), Redis back (empty: no persistence here) and events
+    again 202 and stored; a user's recommendations then exclude its event items."""
+    import redis
+
+    rng = np.random.default_rng(7)
+    store = redis.Redis(host=LOOPBACK, port=redis_port, socket_timeout=5)
+
+    def post(n: int) -> tuple[int, int]:
+        events = [{"user_id": f"chaos-{int(rng.integers(50))}", "item_id": item_ids[int(rng.integers(len(item_ids)))]}
+                  for _ in range(n)]
+        status, body = request(server.url, "POST", "/events", {"events": events})
+        return status, int(body.get("accepted", 0)) if status == 202 else 0
+
+    up = [post(10) for _ in range(batches)]
+    acked_up = sum(a for _, a in up)
+    stored_up = int(store.xlen("magnet:events"))
+    os.killpg(rproc_box[0].pid, signal.SIGKILL)
+    rproc_box[0].wait(timeout=10)
+    down = [post(10) for _ in range(batches // 4)]
+    rec_down = [request(server.url, path=f"/recommend/{user_ids[n]}?k=10")[0] for n in range(50)]
+    rproc_box[0] = redis_proc(tmp, redis_port)
+    time.sleep(1.5)  # past the event reads' back-off
+    back = [post(10) for _ in range(batches // 4)]
+    acked_back = sum(a for _, a in back)
+    stored_back = int(redis.Redis(host=LOOPBACK, port=redis_port, socket_timeout=5).xlen("magnet:events"))
+    item = item_ids[0]
+    request(server.url, "POST", "/events", {"events": [{"user_id": user_ids[0], "item_id": item}]})
+    _, rec = request(server.url, path=f"/recommend/{user_ids[0]}?k=1000")
+    excluded = item not in {it["item_id"] for it in rec.get("items", [])}
+    out = {"batches_up": len(up), "status_up": dict(Counter(s for s, _ in up)), "acked_up": acked_up,
+           "stored_up": stored_up, "status_down": dict(Counter(s for s, _ in down)),
+           "recommend_down": dict(Counter(rec_down)), "status_back": dict(Counter(s for s, _ in back)),
+           "acked_back": acked_back, "stored_back": stored_back, "event_item_excluded": excluded}
+    out["ok"] = (acked_up == stored_up == 10 * len(up) and set(out["status_down"]) == {503}
+                 and set(out["recommend_down"]) == {200} and acked_back == stored_back == 10 * len(back) and excluded)
+    return out
 
 
 # --------------------------------------------------------------------------- main
@@ -472,6 +507,10 @@ def markdown(result: dict[str, Any]) -> str:
             k, c = part["docker_kill_then_start"], part["crash_restart_policy"]
             fig = (f"docker kill + start: /readyz 200 after {k['ready_s']} s, healthy after {k['healthy_s']} s; "
                    f"crash (policy restart): {c['ready_s']} s / {c['healthy_s']} s")
+        elif name == "events":
+            fig = (f"Redis up: {part['acked_up']} acknowledged, {part['stored_up']} in the stream; killed: POST /events "
+                   f"{part['status_down']}, /recommend {part['recommend_down']}; back: {part['acked_back']} acknowledged, "
+                   f"{part['stored_back']} stored; event item excluded: {part['event_item_excluded']}")
         else:
             fig = json.dumps(part)[:200]
         lines.append(f"| {name} | {verdict} | {fig} |")
@@ -534,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif name == "kill":
                     out = part_kill(bundle_a, redis_port, tmp)
                 else:
-                    out = part_events(server)
+                    out = part_events(server, redis_port, rproc, user_ids, item_ids, tmp)
                 out["wall_s"] = round(time.monotonic() - t0, 1)
                 result["parts"][name] = out
                 print(json.dumps(out, indent=1, default=str)[:3000], flush=True)

@@ -28,8 +28,9 @@ route shaped like /recommend that returns a constant: what FastAPI alone charges
 Scenarios x concurrency 1, 16, 64 (wrk -t1 -c C); the matrix is repeated --rounds
 times and each cell is the median over rounds. The bars are ratios against /healthz
 measured in the same run (the machine is shared and noisy): at concurrency 16,
-GET /recommend and cached /explain >= 0.6x /healthz requests/s, and /recommend p99
-<= 1.5x /healthz p99. At concurrency 16 each scenario's run is paired with a /healthz
+GET /recommend and cached /explain >= 0.6x /healthz requests/s, /recommend p99
+<= 1.5x /healthz p99, and POST /recommend/{user_id} with a 50-item history (a new user
+folded in, never cached) >= 0.5x /healthz requests/s. At concurrency 16 each scenario's run is paired with a /healthz
 run right before it, and the ratio reported is the median of the paired ratios.
 The process exits 1 if any request failed (non-2xx, timeout, socket error).
 
@@ -72,6 +73,8 @@ BATCH_USERS = 16
 BAR_THROUGHPUT = 0.6   # x /healthz requests/s at concurrency 16
 BAR_P99 = 1.5          # x /healthz p99 at concurrency 16
 BAR_CONCURRENCY = 16
+BAR_HISTORY = 0.5      # POST /recommend/{user_id} with a HISTORY-item history, x /healthz requests/s at 16
+HISTORY = 50
 
 # --------------------------------------------------------------------------- machine
 
@@ -384,6 +387,8 @@ def build_scenarios(tmp: Path, user_ids: list[str], item_ids: list[str], explain
     bodies = [json.dumps({"user_ids": rng.sample(user_ids, BATCH_USERS), "k": K}, separators=(",", ":"))
               for _ in range(2000)]
     batch = _write_lines(tmp / "batch.txt", bodies)
+    histories = _write_lines(tmp / "history.txt", [json.dumps({"k": K, "history": rng.sample(item_ids, HISTORY)},
+                                                              separators=(",", ":")) for _ in range(2000)])
     exp = _write_lines(tmp / "explain_cached.txt", [f"/explain/{q(u, safe='')}/{q(i, safe='')}"
                                                      for u, i in explain_pairs])
     all_users = _write_lines(tmp / "users.txt", [q(u, safe="") for u in user_ids])
@@ -403,6 +408,8 @@ def build_scenarios(tmp: Path, user_ids: list[str], item_ids: list[str], explain
                  fixed(batch, "POST", "/recommend"), path="/recommend", cache_kind="recommend"),
         Scenario("batch_computed", f"POST /recommend {BATCH_USERS} users k={K}, computed", "nocache", cycle,
                  fixed(batch, "POST", "/recommend"), path="/recommend", cache_kind="recommend"),
+        Scenario("history", f"POST /recommend/{{new user}} {HISTORY}-item history k={K} (fold-in)", "default",
+                 cycle, fixed(histories, "POST", "/recommend/new-visitor"), path="/recommend/new-visitor"),
         Scenario("explain_cached", f"GET /explain, {len(explain_pairs)} warm pairs", "default", cycle, fixed(exp),
                  cache_kind="explain"),
         Scenario("explain_uncached", "GET /explain, random pairs (miss)", "nocache", pairs_lua,
@@ -451,6 +458,12 @@ def sanity_check(server: Server, user_id: str, item_id: str) -> None:
     if len(body["experts"]) == 0 or abs(body["base"] + sum(e["contribution"] for e in body["experts"])
                                         - body["score"]) > 1e-4 * max(1.0, abs(body["score"])):
         raise RuntimeError(f"{server.name}: explanation does not add up: {body}")
+    c.request("POST", "/recommend/new-visitor", body=json.dumps({"k": K, "history": [item_id]}),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    body = json.loads(r.read())
+    if r.status != 200 or body["fallback"] != "history" or len(body["items"]) != K:
+        raise RuntimeError(f"{server.name} POST /recommend/new-visitor: HTTP {r.status} {body}")
     c.close()
 
 
@@ -529,6 +542,7 @@ def bars(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ("recommend", "rps_vs_healthz", BAR_THROUGHPUT, "min"),
         ("explain_cached", "rps_vs_healthz", BAR_THROUGHPUT, "min"),
         ("recommend", "p99_vs_healthz", BAR_P99, "max"),
+        ("history", "rps_vs_healthz", BAR_HISTORY, "min"),
     ):
         r = at.get((name, BAR_CONCURRENCY))
         if r is None or r[what] is None:

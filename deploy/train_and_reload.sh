@@ -12,6 +12,12 @@
 #   IMPORT_INTERACTIONS=/data/ratings.csv [IMPORT_ITEMS=/data/items.csv]
 #     [IMPORT_NAME=mydata] [IMPORT_ARGS="--text-cols title --kcore 5"]  -> `magnet import`
 #   otherwise                            the built-in synthetic demo dataset
+# Events (closing the loop): with IMPORT_INTERACTIONS and MAGNET_REDIS_URL set, the service's
+#   events (POST /events) are exported (`magnet events export`) and appended to the
+#   interactions before `magnet import`, so the next model trains on what the service saw.
+#   IMPORT_USER_COL / IMPORT_ITEM_COL / IMPORT_TIME_COL (user_id / item_id / timestamp) name
+#   the CSV's columns (also passed to `magnet import`); other columns stay empty on event rows.
+#   A dataset directory or the demo data get no events (their ids are internal); logged.
 # Training: TRAIN_MODEL (magnet), TRAIN_EPOCHS, TRAIN_SEED, TRAIN_DEVICE (auto),
 #   TRAIN_ARGS (extra `magnet train` arguments, e.g. "--set optim.lr=0.001").
 # Reload: RELOAD_URLS="http://api:8000 http://10.0.0.7:8000" and/or RELOAD_HOST=name
@@ -57,19 +63,52 @@ if [ -n "${DATASET_DIR:-}" ]; then
   data="$DATASET_DIR"
   [ -d "$data" ] || die "DATASET_DIR ${data} is not a directory"
   log "dataset: ${data}"
+  [ -z "${MAGNET_REDIS_URL:-}" ] || log "MAGNET_REDIS_URL is set, but events are appended only to IMPORT_INTERACTIONS; skipped"
 elif [ -n "${IMPORT_INTERACTIONS:-}" ]; then
   name="${IMPORT_NAME:-dataset}"
   data="${work}/data/${name}"
   rm -rf "$data"
   mkdir -p "${work}/data"
+  interactions="$IMPORT_INTERACTIONS"
+  user_col="${IMPORT_USER_COL:-user_id}"; item_col="${IMPORT_ITEM_COL:-item_id}"; time_col="${IMPORT_TIME_COL:-timestamp}"
+  if [ -n "${MAGNET_REDIS_URL:-}" ]; then
+    magnet events export --redis "$MAGNET_REDIS_URL" --out "${work}/events.csv"
+    interactions="${work}/interactions_with_events.csv"
+    python - "$IMPORT_INTERACTIONS" "${work}/events.csv" "$interactions" "$user_col" "$item_col" "$time_col" <<'PY'
+import csv
+import sys
+
+src, events, out, user_col, item_col, time_col = sys.argv[1:]
+with open(src, newline="", encoding="utf-8") as fh, open(out, "w", newline="", encoding="utf-8") as dst:
+    reader = csv.reader(fh)
+    header = next(reader)
+    missing = [c for c in (user_col, item_col, time_col) if c not in header]
+    if missing:
+        sys.exit(f"{src}: no column(s) {', '.join(missing)} to append events to (set IMPORT_USER_COL/ITEM_COL/TIME_COL)")
+    writer = csv.writer(dst)
+    writer.writerow(header)
+    writer.writerows(reader)
+    at = {c: header.index(c) for c in (user_col, item_col, time_col)}
+    n = 0
+    with open(events, newline="", encoding="utf-8") as ev:
+        for row in csv.DictReader(ev):
+            line = [""] * len(header)
+            line[at[user_col]], line[at[item_col]], line[at[time_col]] = row["user_id"], row["item_id"], row["timestamp"]
+            writer.writerow(line)
+            n += 1
+print(f"appended {n} events to the interactions", file=sys.stderr)
+PY
+  fi
   # shellcheck disable=SC2086 # IMPORT_ARGS is a list of arguments on purpose
-  magnet import --interactions "$IMPORT_INTERACTIONS" ${IMPORT_ITEMS:+--items "$IMPORT_ITEMS"} \
+  magnet import --interactions "$interactions" ${IMPORT_ITEMS:+--items "$IMPORT_ITEMS"} \
+    --user-col "$user_col" --item-col "$item_col" --time-col "$time_col" \
     --name "$name" --out "$data" ${IMPORT_ARGS:-}
 else
   data="${work}/data/demo"
   rm -rf "$data"
   mkdir -p "${work}/data"
   log "no DATASET_DIR or IMPORT_INTERACTIONS: generating the synthetic demo dataset"
+  [ -z "${MAGNET_REDIS_URL:-}" ] || log "MAGNET_REDIS_URL is set, but events are appended only to IMPORT_INTERACTIONS; skipped"
   python - "$data" <<'PY'
 import sys
 from pathlib import Path

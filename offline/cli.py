@@ -30,11 +30,13 @@ log = logging.getLogger("magnet")
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     """Error types whose message is meant for the user (imported lazily: start-up stays fast)."""
+    from offline.events import EventsExportError
     from offline.export import ExportError
     from service.bundle import BundleError
     from service.settings import SettingsError
 
-    serving: tuple[type[BaseException], ...] = (ExportError, BundleError, SettingsError, FileNotFoundError)
+    serving: tuple[type[BaseException], ...] = (ExportError, BundleError, SettingsError, FileNotFoundError,
+                                                EventsExportError)
     try:  # these need torch and pandas, which the serve-only install (the API image) lacks
         from offline.config import ConfigError
         from offline.dataset import DatasetError
@@ -235,6 +237,24 @@ def quickstart(
     from offline.quickstart import run_quickstart
 
     run_quickstart(workdir, epochs=epochs, host=host, port=port, serve=serve_after)
+
+
+events_app = typer.Typer(help="The service's interaction events (POST /events).", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+
+
+@events_app.command("export")
+@friendly_errors
+def events_export(
+    redis: Annotated[str, typer.Option("--redis", help="the service's MAGNET_REDIS_URL, e.g. redis://host:6379/0")],
+    out: Annotated[Path, typer.Option(help="CSV to write: user_id,item_id,timestamp (what `magnet import` reads)")],
+    since: Annotated[Optional[float], typer.Option(help="only events with timestamp >= this UNIX time")] = None,
+) -> None:
+    """Write the event stream as an interactions CSV, oldest first."""
+    from offline.events import export_events
+
+    n = export_events(redis, out, since)
+    typer.echo(f"{n} events written to {out}")
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from offline.dataset import Dataset, DatasetError, check_name, write_dataset
-from offline.features import META_DIM, encode_text, item_meta_tokens, item_text, meta_features
-from service.item_files import ITEM_NAMES
+from offline.features import META_DIM, encode_text, item_meta_tokens, item_text, meta_features, split_multi
+from service.item_files import ITEM_ATTRIBUTES, ITEM_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +422,7 @@ def import_dataset(
             tokens = [item_meta_tokens(meta_cols, v) for v in rows[meta_cols].itertuples(index=False)]
             features["meta"], vocab = meta_features(tokens, meta_dim)
             stats["meta_vocab"] = len(vocab)
+            item_files[ITEM_ATTRIBUTES] = item_attributes(meta_cols, rows[meta_cols])
     if not features:
         log.warning("no --text-cols/--meta-cols: the dataset has no content features")
 
@@ -451,6 +452,13 @@ def default_title_col(columns: list[str], *, exclude: str) -> str | None:
     (case-insensitive), never the item id column."""
     by_lower = {c.lower(): c for c in reversed(columns) if c != exclude}
     return next((by_lower[c] for c in TITLE_COLUMNS if c in by_lower), None)
+
+
+def item_attributes(columns: list[str], rows: pd.DataFrame) -> list[dict[str, list[str]]]:
+    """Per item, {column: its values} for the --meta-cols (multi-valued cells split on ``|``,
+    as the meta features split them): what /recommend's ``filter`` matches."""
+    return [{col: split_multi(cell) for col, cell in zip(columns, values)}
+            for values in rows.itertuples(index=False)]
 
 
 def item_names(values: pd.Series) -> list[str | None]:

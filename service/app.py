@@ -20,10 +20,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.exception_handlers import request_validation_exception_handler
 
 from service.cache import make_cache, uses_front_tier
+from service.events import make_event_store
 from service.metrics import Metrics
 from service.middleware import SCOPE_KEY, RequestContextMiddleware
 from service.responses import OrjsonResponse
-from service.routers import admin, explain, health, metrics, recommend, similar, ui
+from service.routers import admin, events, explain, health, metrics, recommend, similar, ui
 from service.settings import Settings, load_settings, settings_from_env, with_worker_defaults
 from service.state import ModelHolder
 
@@ -75,11 +76,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A ready-to-serve app for `settings` (default: read from MAGNET_* environment)."""
     settings = settings or load_settings()
     metrics_ = Metrics("redis" if settings.redis_url else "local", front_tier=uses_front_tier(settings))
-    holder = ModelHolder(metrics_, margin=settings.search_margin, faiss_threads=settings.faiss_threads)
+    holder = ModelHolder(metrics_, margin=settings.search_margin, faiss_threads=settings.faiss_threads,
+                         settings=settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.cache = make_cache(settings, metrics_)
+        app.state.events = make_event_store(settings)
         task: asyncio.Task | None = None
         if settings.bundle is not None:
             if settings.load_in_background:
@@ -96,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if t is not None and not t.done():
                     t.cancel()
             await app.state.cache.close()
+            await app.state.events.close()
 
     app = FastAPI(
         title="MAGNET serving",
@@ -122,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return OrjsonResponse({"detail": "internal server error", "request_id": rid}, status_code=500,
                               headers={"x-request-id": rid or ""})
 
-    for module in (health, recommend, similar, explain, admin, metrics):
+    for module in (health, recommend, events, similar, explain, admin, metrics):
         app.include_router(module.router)
     if settings.ui:  # MAGNET_UI=false: no dashboard routes at all
         app.include_router(ui.router)

@@ -39,7 +39,7 @@ from service.bundle_format import (
     read_json,
     read_npy,
 )
-from service.item_files import ITEM_FILES, ITEM_NAMES, ItemFileError, parse_item_file
+from service.item_files import ITEM_ATTRIBUTES, ITEM_FILES, ITEM_NAMES, ItemFileError, parse_item_file
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,11 @@ class Bundle:
     def item_names(self) -> list[str | None] | None:
         """Display name per internal item index, when the import had a title column."""
         return self.item_files.get(ITEM_NAMES)
+
+    @property
+    def item_attributes(self) -> list[dict[str, list[str]] | None] | None:
+        """{attribute: [values]} per internal item index, when the import had --meta-cols."""
+        return self.item_files.get(ITEM_ATTRIBUTES)
 
     def seen(self, user: int) -> np.ndarray:
         """Internal item indices the user trained on (never recommended back)."""

@@ -32,14 +32,35 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def recommend_key(model_version: str, user_id: str, k: int) -> str:
-    """Key for one user's top-k (the user id is last, so no separator ambiguity)."""
-    return f"magnet:{model_version}:rec:{k}:{user_id}"
+def recommend_key(model_version: str, user_id: str, k: int, events: int = 0) -> str:
+    """Key for one user's top-k after the user's `events`-th event (the user's event counter,
+    service.events): an event changes the key, so no answer older than it is served. The user
+    id is last, so no separator ambiguity."""
+    return f"magnet:{model_version}:rec:{k}:{events}:{user_id}"
 
 
-def explain_key(model_version: str, user_id: str, item_id: str) -> str:
-    """Key for one explanation; the user id's length keeps (a:b, c) and (a, b:c) apart."""
-    return f"magnet:{model_version}:exp:{len(user_id)}:{user_id}:{item_id}"
+def explain_key(model_version: str, user_id: str, item_id: str, events: int = 0) -> str:
+    """Key for one explanation (after the user's `events`-th event); the user id's length keeps
+    (a:b, c) and (a, b:c) apart."""
+    return f"magnet:{model_version}:exp:{events}:{len(user_id)}:{user_id}:{item_id}"
+
+
+def redis_client(url: str, *, timeout_s: float, max_connections: int) -> Any:
+    """A redis-py asyncio client with short timeouts and no client retries (the cache and the
+    event store both use it; each answers a failure its own way)."""
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),  # one try; the caller decides what a failure means
+        retry_on_timeout=False,
+        health_check_interval=0,
+        max_connections=max_connections,
+    )
 
 
 def _count(counters: dict, metrics: Metrics, backend: str, kind: str, values: Sequence[bytes | None]) -> None:
@@ -120,19 +141,7 @@ class RedisCache:
 
     def __init__(self, url: str, *, ttl_s: int, timeout_s: float, backoff_s: float, backoff_max_s: float,
                  max_connections: int, metrics: Metrics) -> None:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        self._client = Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),  # one try; we answer without the cache instead of waiting
-            retry_on_timeout=False,
-            health_check_interval=0,
-            max_connections=max_connections,
-        )
+        self._client = redis_client(url, timeout_s=timeout_s, max_connections=max_connections)
         self._ttl = ttl_s
         self._timeout = timeout_s
         self._backoff0 = backoff_s

@@ -60,9 +60,11 @@ def _reason(score: float, base: float, experts: list[dict[str, Any]], top: str,
             f"on a collaborative base of {base:+.3f}.")
 
 
-def explain_pair(bundle: Bundle, user: int, item: int, *, attribution: list[list[str]] | None = None) -> dict[str, Any]:
-    """Score decomposition for internal indices (user, item); JSON-ready, without ids or cache flag."""
-    e_u = bundle.user_emb[user]
+def explain_pair(bundle: Bundle, e_u: np.ndarray, item: int, *,
+                 attribution: list[list[str]] | None = None) -> dict[str, Any]:
+    """Score decomposition of user vector `e_u` (a trained row of user_emb, or a folded-in
+    vector: the one /recommend ranks with) and internal item index `item`; JSON-ready,
+    without ids or cache flag."""
     score = float(score_items(e_u, bundle.item_emb, np.array([item]))[0])
     u64 = e_u.astype(np.float64)
     base = float(bundle.item_base[item].astype(np.float64) @ u64)

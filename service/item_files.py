@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 ITEM_NAMES = "item_names.json"
+ITEM_ATTRIBUTES = "item_attributes.json"
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,16 @@ def _str_or_null(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
+def _attributes_or_null(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v) for k, v in value.items()))
+
+
 #: every optional per-item file the pipeline carries, by file name
 ITEM_FILES: dict[str, ItemFile] = {
     ITEM_NAMES: ItemFile("display name (title) per item, for people", _str_or_null, "a string or null"),
+    ITEM_ATTRIBUTES: ItemFile("attribute values per item ({column: [values]}, from --meta-cols), for filters",
+                              _attributes_or_null, "an object of string lists or null"),
 }
 
 

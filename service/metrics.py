@@ -43,6 +43,7 @@ class Metrics:
         self.model = Info("magnet_model", "the bundle being served", registry=r)
         self.model_loaded = Gauge("magnet_model_loaded_timestamp_seconds", "when the served bundle was loaded",
                                   registry=r)
+        self.events = Counter("magnet_events_accepted", "interaction events stored by POST /events", registry=r)
         self.reloads = Counter("magnet_model_reloads", "bundle loads by outcome", ["result"], registry=r)
         self.fallbacks = Counter("magnet_recommend_fallbacks", "recommendations answered by a fallback",
                                  ["reason"], registry=r)

@@ -27,8 +27,10 @@ class ScoredItem(BaseModel):
 class Recommendation(BaseModel):
     user_id: str
     model_version: str
-    fallback: Literal["popular"] | None = Field(
-        description='null for a known user; "popular" when the user is unknown and gets the most popular items'
+    fallback: Literal["popular", "history"] | None = Field(
+        description='null for a known user (its trained vector, folded in with its events when there are any); '
+        '"history" for a user the model never saw, folded in from the request\'s history or the user\'s events; '
+        '"popular" when there is nothing to fold in (the most popular items)'
     )
     items: list[ScoredItem] = Field(description="best first; never the user's training items")
 
@@ -45,6 +47,47 @@ class BatchRecommendRequest(BaseModel):
 
 class BatchRecommendResponse(BaseModel):
     results: list[Recommendation] = Field(description="one entry per requested user id, in request order")
+
+
+FilterValue = str | list[str]
+
+
+class RecommendRequest(BaseModel):
+    """POST /recommend/{user_id}: every field optional; lists hold external item ids."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True, extra="forbid")
+
+    k: int = Field(10, ge=1, le=MAX_K, description="number of items")
+    history: list[str] = Field(default_factory=list, description="items folded into the user's vector for this "
+                               "request and excluded from the answer; not stored (at most MAGNET_MAX_HISTORY)")
+    exclude: list[str] = Field(default_factory=list, description="items never returned, nor folded in "
+                               "(at most MAGNET_MAX_EXCLUDE)")
+    candidates: list[str] | None = Field(None, description="rank only these items (at most MAGNET_MAX_CANDIDATES)")
+    filter: dict[str, FilterValue] | None = Field(
+        None, description="keep items whose attribute (magnet import --meta-cols) equals one of the values; "
+        "a multi-valued attribute matches when any of its values does; several attributes must all match"
+    )
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(coerce_numbers_to_str=True, extra="forbid")
+
+    user_id: str = Field(min_length=1)
+    item_id: str
+    timestamp: float | None = Field(None, allow_inf_nan=False, description="UNIX seconds; omitted -> now")
+
+
+MAX_EVENTS = 1000
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS, description="1 to 1000 interactions")
+
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="events stored (all of the request's)")
 
 
 class SimilarItems(BaseModel):
@@ -92,6 +135,7 @@ class Ready(BaseModel):
     n_users: int
     n_items: int
     index: str
+    events: Literal["redis", "memory"] = Field(description="where POST /events stores interactions")
 
 
 class NotReady(BaseModel):

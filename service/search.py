@@ -47,6 +47,13 @@ def drop_excluded(cand: np.ndarray, exclude: np.ndarray) -> np.ndarray:
     return cand[ex[pos] != cand]
 
 
+def _mask(n: int, items: np.ndarray) -> np.ndarray:
+    """A boolean [n] mask, True at `items`."""
+    keep = np.zeros(n, dtype=bool)
+    keep[np.asarray(items, dtype=np.int64)] = True
+    return keep
+
+
 def _top(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best k by score, ties broken by item index so results are reproducible."""
     order = np.lexsort((cand, -scores))[:k]
@@ -56,10 +63,11 @@ def _top(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.n
 class ItemSearcher:
     """Recommend / similar-items / popular lists for one bundle (read-only, thread-safe)."""
 
-    def __init__(self, bundle: Bundle, *, margin: int = 16, threads: int = 1) -> None:
+    def __init__(self, bundle: Bundle, *, margin: int = 16, threads: int = 1, brute_force_max: int = 20_000) -> None:
         import faiss
 
         self.bundle = bundle
+        self.brute_force_max = brute_force_max
         self.index = bundle.index
         self.margin = margin
         self.threads = threads
@@ -89,11 +97,13 @@ class ItemSearcher:
         queries: np.ndarray,
         excludes: Sequence[np.ndarray],
         k: int,
+        distinct: bool = False,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Top-k items per query vector with each query's `excludes` removed."""
+        """Top-k items per query vector with each query's `excludes` removed (`distinct`: the
+        caller's excludes hold each item once already)."""
         n = self.bundle.n_items
         item_emb = self.bundle.item_emb
-        wanted = [min(k, n - int(np.unique(ex).size)) for ex in excludes]
+        wanted = [min(k, n - (ex.size if distinct else int(np.unique(ex).size))) for ex in excludes]
         out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(queries)
         pending = list(range(len(queries)))
         depth = min(n, k + max((ex.size for ex in excludes), default=0) + self.margin)
@@ -134,3 +144,76 @@ class ItemSearcher:
     def popular(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k most trained-on items and their training counts (the cold-start fallback)."""
         return self.popular_order[:k], self.popular_scores[:k]
+
+    def popular_among(self, k: int, exclude: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The k most trained-on items of `allowed` (all items when None) without `exclude`."""
+        if allowed is None and not exclude.size:
+            return self.popular(k)
+        keep = np.ones(self.bundle.n_items, dtype=bool) if allowed is None else _mask(self.bundle.n_items, allowed)
+        keep[exclude] = False
+        order = self.popular_order[keep[self.popular_order]][:k]
+        return order, self.bundle.popularity.astype(np.float64)[order]
+
+    def _scan(self, query: np.ndarray, cand: np.ndarray, k: int, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of `cand`, working in its size (never the catalogue's): small sets are scored
+        with `score_items` directly; larger ones are scored in float32 chunk by chunk, the best
+        k + margin of each kept, and those re-scored - the flat index's float32 proposal and
+        float64 rescoring, without a catalogue-sized mask or a float64 copy of the set."""
+        item_emb = self.bundle.item_emb
+        depth = k + self.margin
+        if cand.size <= max(4 * depth, 4096):
+            return _top(cand, score_items(query, item_emb, cand), k)
+        keep = []
+        for start in range(0, cand.size, chunk):
+            part = cand[start:start + chunk]
+            scores = item_emb[part] @ query
+            if part.size > depth:
+                part = part[np.argpartition(-scores, depth - 1)[:depth]]
+            keep.append(part)
+        best = np.concatenate(keep)
+        return _top(best, score_items(query, item_emb, best), k)
+
+    def rank(self, query: np.ndarray, exclude: np.ndarray, k: int, allowed: np.ndarray | None = None,
+             mode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items for one query vector among `allowed` (all items when None) without `exclude`
+        (each a list of distinct items; see `service.answers.compute_one`).
+
+        With a filter the result is exact whatever the index (docs/benchmarks.md, "Filtered
+        retrieval"): an allowed set of at most `brute_force_max` items, any allowed set under an
+        approximate (HNSW) index, or ``mode="brute"`` is scanned in full (`_scan`); a wider one
+        under the exact flat index is searched with a FAISS ID selector (a bitmap of the allowed
+        items minus the excluded ones; ``mode="faiss"`` forces it, also on HNSW, where it is
+        approximate) and the candidates re-scored, so no excluded or filtered-out item can take
+        a place in the result. No filter: the plain search with `exclude` removed after it (made
+        deep enough, see `_ranked`)."""
+        n = self.bundle.n_items
+        query = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        exclude = np.asarray(exclude, dtype=np.int64)
+        if allowed is None and mode == "auto":
+            return self._ranked(query, [exclude], k, distinct=True)[0]
+        if mode == "brute" or (mode == "auto" and allowed is not None
+                               and (allowed.size <= self.brute_force_max or not self.exact)):
+            cand = np.setdiff1d(np.arange(n), exclude) if allowed is None else drop_excluded(allowed, exclude)
+            return self._scan(query[0], cand, k)
+        keep = np.ones(n, dtype=bool) if allowed is None else _mask(n, allowed)
+        keep[exclude] = False
+        remaining = int(keep.sum())
+        wanted = min(k, remaining)
+        if not wanted:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        _set_omp_threads(self._faiss, self.threads)
+        bitmap = np.packbits(keep, bitorder="little")  # referenced until the search returns: FAISS keeps a raw pointer
+        selector = self._faiss.IDSelectorBitmap(n, self._faiss.swig_ptr(bitmap))
+        depth = min(remaining, k + self.margin)
+        if self._hnsw:
+            params: Any = self._faiss.SearchParametersHNSW()
+            params.efSearch = max(self._ef_search, depth)
+        else:
+            params = self._faiss.SearchParameters()
+        params.sel = selector
+        _, ids = self.index.search(query, depth, params=params)
+        del selector, bitmap
+        cand = ids[0][ids[0] >= 0]
+        if cand.size < wanted:  # an approximate graph that could not reach enough allowed items
+            cand = np.flatnonzero(keep)
+        return _top(cand, score_items(query[0], self.bundle.item_emb, cand), k)

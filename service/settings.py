@@ -52,6 +52,23 @@ class Settings(BaseSettings):
                                  description="most user_ids one POST /recommend may carry (422 above)")
     offload_work: int = Field(4_000_000, ge=0, description="a /recommend search of more multiply-adds "
                               "(queries x items x dim) runs in a worker thread, off the event loop")
+    foldin_method: Literal["mean", "als", "graph"] = Field(
+        "graph", description="how a user vector is folded in from items (history, events): mean of their "
+        "vectors, implicit-ALS least squares, or MAGNET's graph aggregation mapped into the trained users' space; "
+        "graph measured best over three held-out draws (docs/benchmarks.md, 'Online fold-in')"
+    )
+    foldin_als_reg: float = Field(1.0, gt=0, description="ALS fold-in: ridge regularisation")
+    foldin_als_alpha: float = Field(1.0, gt=0, description="ALS fold-in: confidence of an observed item")
+    foldin_graph_reg: float = Field(0.01, gt=0, description="graph fold-in: ridge of the map, per fitted user")
+    max_history: int = Field(1000, ge=1, description="most items in a request's history (422 above)")
+    max_exclude: int = Field(10_000, ge=1, description="most items in a request's exclude list (422 above)")
+    max_candidates: int = Field(100_000, ge=1, description="most items in a request's candidates list (422 above)")
+    brute_force_max: int = Field(20_000, ge=0, description="a filtered request whose allowed set has at most this "
+                                 "many items scores them all exactly instead of a FAISS search with an ID selector")
+    events_per_user: int = Field(200, ge=1, description="recent events kept per user (folded in and excluded)")
+    events_timeout_s: float = Field(1.0, gt=0, description="Redis timeout of POST /events (503 past it)")
+    events_memory_max: int = Field(1_000_000, ge=1, description="without Redis: events kept in process memory "
+                                   "for export-less serving (oldest dropped beyond it)")
     faiss_threads: int = Field(
         1, ge=1, description="OpenMP threads per FAISS search; 1 is fastest for single queries "
         "(parallelism comes from concurrent requests and workers; more threads spin on busy CPUs)"

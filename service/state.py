@@ -19,8 +19,11 @@ from starlette.concurrency import run_in_threadpool
 
 from service.bundle import Bundle, load_bundle
 from service.explanations import expert_modalities
+from service.filters import AttributeIndex, build_attribute_index
+from service.foldin import FoldIn
 from service.metrics import Metrics
 from service.search import ItemSearcher
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,32 +38,40 @@ class ModelState:
     item_index: dict[str, int]
     attribution: list[list[str]]
     loaded_at: float
+    foldin: FoldIn
+    attributes: AttributeIndex
 
     @property
     def model_version(self) -> str:
         return self.bundle.model_version
 
     @classmethod
-    def build(cls, bundle: Bundle, *, margin: int, faiss_threads: int = 1) -> "ModelState":
+    def build(cls, bundle: Bundle, *, margin: int, faiss_threads: int = 1,
+              settings: Settings | None = None) -> "ModelState":
+        s = settings or Settings(bundle=None, redis_url=None)
         return cls(
             bundle=bundle,
-            searcher=ItemSearcher(bundle, margin=margin, threads=faiss_threads),
+            searcher=ItemSearcher(bundle, margin=margin, threads=faiss_threads, brute_force_max=s.brute_force_max),
             user_index={u: n for n, u in enumerate(bundle.user_ids)},
             item_index={i: n for n, i in enumerate(bundle.item_ids)},
             attribution=expert_modalities(bundle.experts),
             loaded_at=time.time(),
+            foldin=FoldIn(bundle, method=s.foldin_method, als_reg=s.foldin_als_reg, als_alpha=s.foldin_als_alpha,
+                          graph_reg=s.foldin_graph_reg),
+            attributes=build_attribute_index(bundle.item_attributes),
         )
 
 
-def build_state(path: Path, *, margin: int, faiss_threads: int = 1) -> ModelState:
+def build_state(path: Path, *, margin: int, faiss_threads: int = 1, settings: Settings | None = None) -> ModelState:
     """Load + verify + index a bundle (blocking; run it in a worker thread)."""
-    return ModelState.build(load_bundle(path), margin=margin, faiss_threads=faiss_threads)
+    return ModelState.build(load_bundle(path), margin=margin, faiss_threads=faiss_threads, settings=settings)
 
 
 class ModelHolder:
     """Owns the current `ModelState`; reloads are serialised, reads never block."""
 
-    def __init__(self, metrics: Metrics, *, margin: int = 16, faiss_threads: int = 1) -> None:
+    def __init__(self, metrics: Metrics, *, margin: int = 16, faiss_threads: int = 1,
+                 settings: Settings | None = None) -> None:
         self.state: ModelState | None = None
         self.path: Path | None = None
         self.error: str | None = None
@@ -68,6 +79,7 @@ class ModelHolder:
         self._metrics = metrics
         self._margin = margin
         self._faiss_threads = faiss_threads
+        self._settings = settings
         self._lock = asyncio.Lock()
 
     async def load(self, path: Path) -> tuple[ModelState, ModelState | None]:
@@ -80,7 +92,7 @@ class ModelHolder:
             self.loading = True
             try:
                 new = await run_in_threadpool(build_state, Path(path), margin=self._margin,
-                                              faiss_threads=self._faiss_threads)
+                                              faiss_threads=self._faiss_threads, settings=self._settings)
             except Exception as exc:
                 self.error = str(exc)
                 self._metrics.reloads.labels("rejected").inc()

@@ -357,7 +357,7 @@ def test_compose_redis_is_a_nonpersistent_lru_cache() -> None:
     assert cmd[cmd.index("--save") + 1] == ""
     assert cmd[cmd.index("--appendonly") + 1] == "no"
     assert cmd[cmd.index("--maxmemory") + 1]
-    assert cmd[cmd.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    assert cmd[cmd.index("--maxmemory-policy") + 1] == "volatile-lru"  # evicts cache entries (TTL), never events
     test = [interpolate(t) for t in redis["healthcheck"]["test"]]
     assert test[1] == "redis-cli" and test[-1] == "ping"
     # the healthcheck asks the port the server listens on (REDIS_PORT, for host networking)
@@ -471,7 +471,7 @@ def test_k8s_redis_is_a_nonpersistent_lru_cache() -> None:
     assert args[args.index("--save") + 1] == ""
     assert args[args.index("--appendonly") + 1] == "no"
     assert "--maxmemory" in args
-    assert args[args.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    assert args[args.index("--maxmemory-policy") + 1] == "volatile-lru"  # evicts cache entries (TTL), never events
     assert {"cpu", "memory"} <= set(c["resources"]["limits"])
 
 
@@ -745,9 +745,9 @@ exec {shlex.quote(real)} "$@"
 
 def _run_script(tmp: Path, root: Path, url: str, token: str, bin_dir: Path, **extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAGNET_")}
-    env.update(PATH=f"{bin_dir}:{VENV_BIN}:{env.get('PATH', '')}", BUNDLES_ROOT=str(root), WORK_DIR=str(tmp / "work"),
-               RELOAD_URLS=url, MAGNET_ADMIN_TOKEN=token, DATASET_DIR=str(tmp), TRAIN_DEVICE="cpu",
-               RELOAD_TIMEOUT_S="60", **extra)
+    env.update({"PATH": f"{bin_dir}:{VENV_BIN}:{env.get('PATH', '')}", "BUNDLES_ROOT": str(root),
+                "WORK_DIR": str(tmp / "work"), "RELOAD_URLS": url, "MAGNET_ADMIN_TOKEN": token, "DATASET_DIR": str(tmp),
+                "TRAIN_DEVICE": "cpu", "RELOAD_TIMEOUT_S": "60", **extra})
     return subprocess.run(["bash", str(SCRIPT)], env=env, cwd=tmp, capture_output=True, text=True, timeout=300)
 
 
@@ -838,3 +838,26 @@ def test_train_and_reload_real_pipeline_on_demo_data(tmp_path: Path) -> None:
         assert status == 200 and len(rec["items"]) == 3
     finally:
         server.stop()
+
+
+def test_train_and_reload_appends_the_service_events_to_the_interactions(tmp_path: Path, fake_run,
+                                                                         redis_server) -> None:
+    """MAGNET_REDIS_URL + IMPORT_INTERACTIONS: the event stream is exported and appended before
+    `magnet import`, so the imported dataset holds the service's events (users and items)."""
+    redis_server.client().xadd("magnet:events", {"user_id": "web-user", "item_id": "i1", "timestamp": "1700000000"})
+    for n, item in enumerate(("i2", "i3")):
+        redis_server.client().xadd("magnet:events", {"user_id": "web-user", "item_id": item,
+                                                     "timestamp": str(1700000001 + n)})
+    rows = [f"u{u},i{i},{1000 + 10 * u + i},4" for u in range(5) for i in range(6) if (u + i) % 4]
+    csv_path = tmp_path / "ratings.csv"
+    csv_path.write_text("user_id,item_id,timestamp,rating\n" + "\n".join(rows) + "\n")
+    bin_dir = tmp_path / "bin"
+    _stub_magnet(bin_dir, fake_run.path)
+    root = tmp_path / "bundles"
+    proc = _run_script(tmp_path, root, "", "t0k", bin_dir, DATASET_DIR="", IMPORT_INTERACTIONS=str(csv_path),
+                       IMPORT_NAME="withevents", IMPORT_ARGS="--kcore 1", MAGNET_REDIS_URL=redis_server.url,
+                       RELOAD_URLS="", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "appended 3 events" in proc.stderr
+    users = (tmp_path / "work" / "data" / "withevents" / "u_id_mapping.csv").read_text()
+    assert "web-user" in users

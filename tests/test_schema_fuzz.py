@@ -32,14 +32,17 @@ def fuzz_server(start_module_server, bundle_dir: Path):
 def test_the_document_describes_every_route_and_its_bodies(fuzz_server) -> None:
     paths = httpx.get(f"{fuzz_server.url}/openapi.json").json()["paths"]
     for route in ("/recommend/{user_id}", "/recommend", "/explain/{user_id}/{item_id}", "/healthz", "/readyz",
-                  "/metrics", "/admin/reload", "/ui/api/model", "/ui/api/search", "/ui/api/items"):
+                  "/metrics", "/admin/reload", "/ui/api/model", "/ui/api/search", "/ui/api/items", "/events"):
         assert route in paths, f"{route} is not in the OpenAPI document"
     ok = paths["/recommend/{user_id}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok.get("$ref", "").endswith("/Recommendation"), f"the 200 body is documented as {ok}, not its model"
+    assert paths["/events"]["post"]["responses"]["202"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/EventsAccepted")
     for route, operations in paths.items():  # the dashboard's helpers too: every JSON body has its model
         for method, operation in operations.items():
-            body = operation["responses"]["200"]["content"].get("application/json")
-            assert body is None or "$ref" in body["schema"], f"{method.upper()} {route}: 200 body {body}"
+            status = next(c for c in ("200", "202") if c in operation["responses"])  # the success status
+            body = operation["responses"][status]["content"].get("application/json")
+            assert body is None or "$ref" in body["schema"], f"{method.upper()} {route}: {status} body {body}"
 
 
 @pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)

@@ -60,7 +60,7 @@ def test_redis_caches_explanations_and_recommendations(start_server, fresh_bundl
         r2 = c.get(f"/recommend/{user}", params={"k": 4})
         assert (r1.headers["x-cache"], r2.headers["x-cache"]) == ("miss", "hit")
         assert r1.content == r2.content
-        assert store.exists(f"magnet:{version}:rec:4:{user}")
+        assert store.exists(f"magnet:{version}:rec:4:0:{user}")
 
         # A batch reads with one MGET: already-cached users hit, the rest are computed and stored.
         before = c.get("/metrics").text

@@ -71,8 +71,8 @@ def test_front_tier_hit_never_touches_redis(start_server, fresh_bundle, fake_run
         rec1 = c.get(f"/recommend/{user}", params={"k": 4})
         assert first["cached"] is False and rec1.headers["x-cache"] == "miss"
         store = redis_server.client()  # a write goes to both tiers
-        assert store.exists(f"magnet:{version}:rec:4:{user}")
-        assert any(k.decode().endswith(f":exp:{len(user)}:{user}:{item}") for k in store.keys(f"magnet:{version}:*"))
+        assert store.exists(f"magnet:{version}:rec:4:0:{user}")
+        assert any(k.decode().endswith(f":exp:0:{len(user)}:{user}:{item}") for k in store.keys(f"magnet:{version}:*"))
 
         redis_server.kill()
         before = c.get("/metrics").text
@@ -238,4 +238,4 @@ def test_redis_down_with_the_front_tier_never_fails_and_recovers(start_server, f
             c.get(f"/explain/{fake_run.user_ids[n]}/{fake_run.item_ids[n + 100]}")
             n += 1
         assert c.get(f"/recommend/{fake_run.user_ids[50]}", params={"k": 2}).headers["x-cache"] == "miss"
-        assert redis_server.client().exists(f"magnet:{_version(fresh_bundle)}:rec:2:{fake_run.user_ids[50]}")
+        assert redis_server.client().exists(f"magnet:{_version(fresh_bundle)}:rec:2:0:{fake_run.user_ids[50]}")

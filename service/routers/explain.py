@@ -17,10 +17,13 @@ router = APIRouter(tags=["explain"])
             summary="Explain a user-item score by expert and modality")
 async def explain(user_id: str, item_id: str, request: Request) -> OrjsonResponse:
     """score = base + sum(contribution), with score identical to /recommend's for the
-    pair. Cached per model_version; ``cached`` says whether this answer came from it."""
+    pair; a user with events is explained with its folded-in vector (the one /recommend
+    ranks with). Cached per model_version; ``cached`` says whether this answer came from it."""
     state = model_or_503(request)
-    if user_id not in state.user_index:
-        raise HTTPException(status_code=404, detail=f"unknown user_id {user_id!r}")
     if item_id not in state.item_index:
         raise HTTPException(status_code=404, detail=f"unknown item_id {item_id!r}")
-    return OrjsonResponse(await explanation(state, request.app.state.cache, user_id, item_id))
+    app = request.app.state
+    body = await explanation(state, app.cache, user_id, item_id, store=app.events)
+    if body is None:
+        raise HTTPException(status_code=404, detail=f"unknown user_id {user_id!r} (no events either)")
+    return OrjsonResponse(body)

@@ -29,4 +29,5 @@ async def readyz(request: Request) -> OrjsonResponse:
     b = state.bundle
     return OrjsonResponse({"status": "ready", "model_version": b.model_version, "model": b.model,
                            "n_users": b.n_users, "n_items": b.n_items,
-                           "index": str(b.index_info.get("type", "flat"))})
+                           "index": str(b.index_info.get("type", "flat")),
+                           "events": request.app.state.events.backend})
