@@ -14,6 +14,9 @@ Features: text columns become one string per item (:func:`offline.features.item_
 e.g. "Toy Story (1995). Animation, Children's, Comedy. A cowboy doll ...") encoded by
 all-MiniLM-L6-v2 -> ``text_feat.npy``; meta columns become ``column=value`` tokens ->
 TF-IDF + SVD -> ``meta_feat.npy``. This reproduces the shared ml100k/mmrec features.
+What encoded them (columns, text encoder, meta vocabulary, idf, SVD components) is
+recorded in ``DATA/encoders/`` (`offline.item_encoders`) so new items can be encoded
+the same way later (`magnet add-items`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from offline.dataset import Dataset, DatasetError, check_name, write_dataset
-from offline.features import META_DIM, encode_text, item_meta_tokens, item_text, meta_features
+from offline.features import META_DIM, encode_text, fit_meta, item_meta_tokens, item_text
+from offline.item_encoders import ItemEncoders
 from service.item_files import ITEM_NAMES
 
 log = logging.getLogger(__name__)
@@ -405,9 +409,12 @@ def import_dataset(
     features: dict[str, np.ndarray] = {}
     stats: dict[str, object] = {}
     item_files: dict[str, list] = {}
+    encoders: ItemEncoders | None = None
     if prep.items_table is not None:
         rows = prep.items_table.loc[prep.item_ids]
         title = title_col or default_title_col(list(rows.columns), exclude=item_col)
+        encoders = ItemEncoders(item_col=item_col, title_col=title, text_cols=text_cols, meta_cols=meta_cols,
+                                meta_dim=meta_dim)
         if title is not None:
             item_files[ITEM_NAMES] = item_names(rows[title])
             log.info("display names from column %s (%d of %d items have one)", title,
@@ -418,10 +425,11 @@ def import_dataset(
             if blank:
                 log.warning("%d items have no text in %s", blank, ", ".join(text_cols))
             features["text"] = (text_encoder or encode_text)(texts)
+            encoders.text_dim = int(np.asarray(features["text"]).shape[1])
         if meta_cols:
             tokens = [item_meta_tokens(meta_cols, v) for v in rows[meta_cols].itertuples(index=False)]
-            features["meta"], vocab = meta_features(tokens, meta_dim)
-            stats["meta_vocab"] = len(vocab)
+            features["meta"], encoders.meta = fit_meta(tokens, meta_dim)
+            stats["meta_vocab"] = len(encoders.meta.vocab)
     if not features:
         log.warning("no --text-cols/--meta-cols: the dataset has no content features")
 
@@ -439,7 +447,8 @@ def import_dataset(
         item_ids=prep.item_ids,
     )
     extra_cols = ["userID", "itemID", *[c for c in ("rating", "timestamp") if c in df.columns]]
-    write_dataset(ds, Path(out), extra=df[extra_cols], stats=stats, item_files=item_files)
+    write_dataset(ds, Path(out), extra=df[extra_cols], stats=stats, item_files=item_files,
+                  write_extra=encoders.write if encoders is not None and features else None)
     return ds
 
 
