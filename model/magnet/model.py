@@ -23,6 +23,7 @@ from torch import Tensor
 from model.base import Encoding, Recommender, SumOverRanks, local_sums
 from model.graph import normalized_bipartite, unique_pairs
 from model.losses import bpr_loss, emb_norm_reg, ranking_loss
+from model.magnet.cold import ContentEncoding, content_path
 from model.magnet.config import MagnetConfig
 from model.magnet.encoders import AugmentedView, GatedFusion, InteractionView, ModalityEncoder
 from model.magnet.experts import ModalityExperts
@@ -293,3 +294,11 @@ class MAGNET(Recommender):
         users, items = self.mix_all(train=False)
         assert items.experts is not None
         return Encoding(users.emb, items.emb, items.base, items.gates, items.experts)
+
+    @torch.no_grad()
+    def content_path(self, features: dict[str, Tensor | np.ndarray], collaborative: str = "ridge",
+                     knn_k: int | None = None) -> ContentEncoding:
+        """New items from their content alone: c, gates and experts through the learned
+        modality encoders, content neighbours among the trained items and the router
+        (model/magnet/cold.py), so e = c + sum_e g_e x_e as for trained items."""
+        return content_path(self, features, collaborative, knn_k)  # type: ignore[arg-type]
