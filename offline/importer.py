@@ -37,7 +37,7 @@ from service.item_files import ITEM_NAMES
 log = logging.getLogger(__name__)
 
 LABEL_COL = "x_label"
-_INT_RE = r"[+-]?\d+"
+INT_RE = r"[+-]?\d+"
 
 
 # ----------------------------------------------------------------- the split rule
@@ -46,7 +46,7 @@ _INT_RE = r"[+-]?\d+"
 def _is_int_ids(values: pd.Series) -> bool:
     if pd.api.types.is_integer_dtype(values):
         return True
-    return bool(len(values)) and bool(values.astype(str).str.strip().str.fullmatch(_INT_RE).all())
+    return bool(len(values)) and bool(values.astype(str).str.strip().str.fullmatch(INT_RE).all())
 
 
 def id_sort_key(values: pd.Series, as_int: bool | None = None) -> np.ndarray:
@@ -111,7 +111,7 @@ def assign_split(
 # ----------------------------------------------------------------- reading CSVs
 
 
-def _read_csv(path: Path, what: str, needed: list[str]) -> pd.DataFrame:
+def read_table(path: Path, what: str, needed: list[str]) -> pd.DataFrame:
     """All columns as strings (ids stay exact); names the file and the missing columns."""
     if not path.exists():
         raise DatasetError(f"{what} file {path} does not exist")
@@ -140,9 +140,9 @@ def _read_csv(path: Path, what: str, needed: list[str]) -> pd.DataFrame:
     return df
 
 
-def _canonical_ints(ids: pd.Series) -> pd.Series:
+def canonical_ints(ids: pd.Series) -> pd.Series:
     """Integer-looking ids in canonical form ("007" -> "7"), so both files agree on them."""
-    is_int = ids.str.fullmatch(_INT_RE).to_numpy(dtype=bool, na_value=False)
+    is_int = ids.str.fullmatch(INT_RE).to_numpy(dtype=bool, na_value=False)
     if not is_int.any():
         return ids
     out = ids.copy()
@@ -158,8 +158,8 @@ def _ids(df: pd.DataFrame, col: str, path: Path) -> tuple[pd.Series, bool]:
         raise DatasetError(
             f"{path}: column {col} is empty on {int(empty.sum())} rows (e.g. line {int(np.argmax(empty)) + 2})"
         )
-    as_int = bool(ids.str.fullmatch(_INT_RE).all())
-    return (_canonical_ints(ids) if as_int else ids), as_int
+    as_int = bool(ids.str.fullmatch(INT_RE).all())
+    return (canonical_ints(ids) if as_int else ids), as_int
 
 
 def _numbers(df: pd.DataFrame, col: str, path: Path, what: str) -> pd.Series:
@@ -311,7 +311,7 @@ def _read_interactions(
     path: Path, user_col: str, item_col: str, time_col: str, rating_col: str, min_rating: float | None
 ) -> _Raw:
     """Parses and validates the interactions file into canonical columns."""
-    head = _read_csv(path, "interactions", [user_col, item_col])
+    head = read_table(path, "interactions", [user_col, item_col])
     has_label = LABEL_COL in head.columns
     has_time = time_col in head.columns
     columns = ", ".join(head.columns)
@@ -345,10 +345,10 @@ def _read_interactions(
 
 def _read_items(path: Path, item_col: str, content_cols: list[str], items_as_int: bool) -> pd.DataFrame:
     """The items file indexed by external item id (canonical like the interactions' ids)."""
-    table = _read_csv(path, "items", [item_col, *content_cols])
+    table = read_table(path, "items", [item_col, *content_cols])
     ext, _ = _ids(table, item_col, path)
     if items_as_int:
-        ext = _canonical_ints(ext)
+        ext = canonical_ints(ext)
     dup = ext.duplicated()
     if dup.any():
         raise DatasetError(f"{path}: column {item_col} has {int(dup.sum())} duplicate ids (e.g. {ext[dup].iloc[0]!r})")

@@ -61,7 +61,8 @@ def _reason(score: float, base: float, experts: list[dict[str, Any]], top: str,
 
 
 def explain_pair(bundle: Bundle, user: int, item: int, *, attribution: list[list[str]] | None = None) -> dict[str, Any]:
-    """Score decomposition for internal indices (user, item); JSON-ready, without ids or cache flag."""
+    """Score decomposition for internal indices (user, item); JSON-ready, without ids or cache flag.
+    ``cold`` says whether the item was embedded from content alone (`magnet add-items`)."""
     e_u = bundle.user_emb[user]
     score = float(score_items(e_u, bundle.item_emb, np.array([item]))[0])
     u64 = e_u.astype(np.float64)
@@ -91,4 +92,5 @@ def explain_pair(bundle: Bundle, user: int, item: int, *, attribution: list[list
         "modalities": modalities,
         "top_expert": top,
         "reason": _reason(score, base, experts, top, modalities, bundle.model),
+        "cold": bundle.is_cold(item),
     }

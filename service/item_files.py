@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 ITEM_NAMES = "item_names.json"
+#: true for items embedded from content alone (`magnet add-items`), false for trained ones
+ITEM_COLD = "item_cold.json"
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,14 @@ def _str_or_null(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
+def _bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
 #: every optional per-item file the pipeline carries, by file name
 ITEM_FILES: dict[str, ItemFile] = {
     ITEM_NAMES: ItemFile("display name (title) per item, for people", _str_or_null, "a string or null"),
+    ITEM_COLD: ItemFile("whether the item was embedded from its content alone (add-items)", _bool, "true or false"),
 }
 
 
