@@ -154,14 +154,18 @@ def add_items(
             "embed them again from content"
         )
 
+    t_encode = time.perf_counter()
     features = enc.encode(table, text_encoder)
+    t_model = time.perf_counter()
     model = rebuild_model(run, data_dir)
     with torch.no_grad():
         rebuilt = model.encode().item_emb.numpy()
     if rebuilt.shape != data["item_emb"].shape or np.abs(rebuilt - data["item_emb"]).max() > _REBUILD_ATOL:
         raise AddItemsError(f"the model rebuilt from {run} and {data_dir} does not reproduce RUN/arrays/item_emb.npy "
                             "(was the dataset directory imported again since training?)")
+    t_path = time.perf_counter()
     new = model.content_path(features, collaborative=collaborative)
+    t_write = time.perf_counter()
 
     rows = np.array([index.get(i, -1) for i in table.index])
     added = rows < 0
@@ -202,6 +206,8 @@ def add_items(
     write_bundle(merged, out, source_run=run, exact_max_items=exact_max_items,
                  manifest_extra={"cold_items": int(sum(cold)), "cold_start": {"collaborative": collaborative}})
     summary = {"bundle": str(out), "added": int(added.sum()), "replaced": int((~added).sum()),
-               "n_items": n_items, "cold_items": int(sum(cold)), "seconds": time.perf_counter() - started}
+               "n_items": n_items, "cold_items": int(sum(cold)), "seconds": time.perf_counter() - started,
+               "parts_s": {"read": t_encode - started, "encode": t_model - t_encode, "model": t_path - t_model,
+                           "content_path": t_write - t_path, "write": time.perf_counter() - t_write}}
     log.info("add-items: %s", summary)
     return summary

@@ -221,7 +221,7 @@ def add_items_cmd(
     out: Annotated[Path, typer.Option(help="bundle directory to write (the run's items plus the new ones)")],
     replace: Annotated[bool, typer.Option(help="embed ids the run already has again, from content")] = False,
     collaborative: Annotated[
-        Optional[str], typer.Option(help="how a new item's collaborative part is made: ridge | knn | graph")
+        Optional[str], typer.Option(help="how a new item's collaborative part is made: ridge | knn | graph | learned")
     ] = None,
     exact_max_items: ExactMaxItems = None,
 ) -> None:

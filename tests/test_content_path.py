@@ -168,3 +168,42 @@ def test_without_experts_the_content_path_is_plain_fusion() -> None:
         enc = model.content_path(_new(), collaborative="knn")
     assert enc.item_gates.shape == (N_NEW, 0) and enc.item_experts.shape == (N_NEW, 0, 8)
     torch.testing.assert_close(enc.item_emb, enc.item_base)
+
+
+def test_cold_dropout_trains_a_content_map_that_the_learned_path_uses() -> None:
+    plain, _ = _model()
+    assert plain.content_map is None and not any("content_map" in k for k in plain.state_dict())
+    with pytest.raises(ValueError, match="needs a model trained with magnet.cold_dropout > 0"):
+        plain.content_path(_new(), collaborative="learned")
+
+    model, _ = _model(cold_dropout=0.5)
+    assert model.content_map is not None
+    model.train()
+    gen = torch.Generator().manual_seed(2)
+    u, p, n = (torch.randint(0, N, (64,), generator=gen) for N in (N_USERS, N_ITEMS, N_ITEMS))
+    loss, _ = model.loss(u, p, n)
+    loss.backward()
+    assert model.content_map.weight.grad is not None and model.content_map.weight.grad.abs().sum() > 0
+    model.eval()
+    new = _new()
+    with torch.no_grad():
+        enc = model.content_path(new, collaborative="learned")
+        x = torch.cat([model.modal.standardized(m, torch.as_tensor(new[m])) for m in model.modalities], dim=1)
+        torch.testing.assert_close(enc.item_base, model.content_map(x))
+        # the map of a trained item's own (standardized) features, as training used it
+        torch.testing.assert_close(model.content_from_features(torch.tensor([3])),
+                                   model.content_map(torch.cat([getattr(model.modal, f"feat_{m}")[3:4]
+                                                                for m in model.modalities], dim=1)))
+
+
+def test_cold_dropout_off_leaves_training_unchanged() -> None:
+    """The default draws no extra random numbers and builds no extra layer: same losses."""
+    a, _ = _model(seed=3)
+    b, _ = _model(seed=3, cold_dropout=0.0)
+    for m in (a, b):
+        m.train()
+    torch.manual_seed(9)
+    la, _ = a.loss(torch.arange(10), torch.arange(10), torch.arange(10, 20))
+    torch.manual_seed(9)
+    lb, _ = b.loss(torch.arange(10), torch.arange(10), torch.arange(10, 20))
+    assert float(la) == float(lb)

@@ -21,6 +21,10 @@ frozen (trained items' vectors do not move):
              weighted 1/k, modalities by the augmented view's mixture), no shrinkage;
   ``ridge``  a ridge regression from the standardized content (all modalities) to
              c, fitted on the trained items (penalty chosen on a fixed 20% of them);
+  ``learned`` the linear map content -> c learned during training when the
+             model was trained with ``magnet.cold_dropout`` > 0 (DropoutNet-style:
+             that share of a batch's items is scored with the map's c instead of
+             their own);
 - gates and experts: the item router on c and every expert on (c, p^m), exactly as
   `MAGNET.encode` does for trained items, so e = c + sum_e g_e x_e holds and the
   explanation of a new item adds up like any other.
@@ -38,8 +42,8 @@ from torch import Tensor
 if TYPE_CHECKING:
     from model.magnet.model import MAGNET
 
-Collaborative = Literal["graph", "knn", "ridge"]
-COLLABORATIVE: tuple[str, ...] = ("graph", "knn", "ridge")
+Collaborative = Literal["graph", "knn", "ridge", "learned"]
+COLLABORATIVE: tuple[str, ...] = ("graph", "knn", "ridge", "learned")
 RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0, 1e4)
 
 
@@ -116,13 +120,14 @@ def ridge_fit(x: Tensor, y: Tensor, alphas: tuple[float, ...] = RIDGE_ALPHAS, ho
 def ridge_apply(w: Tensor, x: Tensor) -> Tensor:
     """[x, 1] W as float32."""
     x = torch.cat([x.double(), x.new_ones(x.shape[0], 1, dtype=torch.float64)], dim=1)
-    return (x @ w).float()
+    return (x @ w.double()).float()
 
 
 @torch.no_grad()
 def content_path(model: MAGNET, features: dict[str, Tensor | np.ndarray], collaborative: Collaborative = "ridge",
-                 knn_k: int | None = None) -> ContentEncoding:
-    """e = c + sum_e g_e x_e of new items from their raw content features (see the module docstring)."""
+                 knn_k: int | None = None, base: Tensor | None = None) -> ContentEncoding:
+    """e = c + sum_e g_e x_e of new items from their raw content features (see the
+    module docstring); `base` gives c itself instead (experiments)."""
     if collaborative not in COLLABORATIVE:
         raise ValueError(f"collaborative must be one of {COLLABORATIVE}, got {collaborative!r}")
     missing = [m for m in model.modalities if m not in features]
@@ -155,11 +160,17 @@ def content_path(model: MAGNET, features: dict[str, Tensor | np.ndarray], collab
 
     # c
     c_u, c_i = model.collaborative(train=False)
-    if collaborative == "ridge":
+    if base is not None:
+        c_new = torch.as_tensor(base, dtype=torch.float32, device=device)
+    elif collaborative == "ridge":
         x_train = torch.cat([getattr(model.modal, f"feat_{m}") for m in model.modalities], dim=1)
         x_new = torch.cat([model.modal.standardized(m, feats[m]) for m in model.modalities], dim=1)
         w_map, _ = ridge_fit(x_train.cpu(), c_i.cpu())
         c_new = ridge_apply(w_map, x_new.cpu()).to(device)
+    elif collaborative == "learned":
+        if model.content_map is None:
+            raise ValueError("collaborative 'learned' needs a model trained with magnet.cold_dropout > 0")
+        c_new = model.content_from_features(features=[model.modal.standardized(m, feats[m]) for m in model.modalities])
     elif collaborative == "knn":
         mixture = _modality_mixture(model)
         c_new = sum(a * c_i[neighbours[m]].mean(1) for a, m in zip(mixture, model.modalities))
@@ -206,3 +217,4 @@ def _graph_collaborative(model: MAGNET, neighbours: dict[str, Tensor]) -> Tensor
         total = total + step
     h_aug = total / len(item_layers)
     return model.fusion(torch.zeros_like(h_aug), h_aug)
+
