@@ -21,7 +21,6 @@ import argparse
 import ast
 import json
 import logging
-import resource
 import subprocess
 import sys
 import tempfile
@@ -48,18 +47,32 @@ def catalogue(n_items: int, first_id: int, rng: np.random.Generator) -> list[str
     return lines
 
 
+#: runs the magnet CLI in this process and reports its own peak RSS (KiB) on the last stderr line
+_RUN_CLI = (
+    "import resource, runpy, sys\n"
+    "sys.argv = ['magnet', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_module('offline', run_name='__main__')\n"
+    "except SystemExit as exc:\n"
+    "    code = exc.code\n"
+    "else:\n"
+    "    code = 0\n"
+    "print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
 def measured(args: list[str]) -> dict[str, float]:
-    """Wall seconds and peak RSS (MB) of one `python -m offline` subprocess."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Wall seconds and peak RSS (MB) of one magnet command in its own process."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "offline", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", _RUN_CLI, *args], capture_output=True, text=True)
     wall = time.perf_counter() - start
+    lines = proc.stderr.strip().splitlines()
     if proc.returncode != 0:
-        raise RuntimeError(f"{args[0]} failed: {proc.stderr.strip().splitlines()[-1]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    summary = [ast.literal_eval(line.split("add-items: ", 1)[1])
-               for line in proc.stderr.splitlines() if "add-items: {" in line]
-    out = {"seconds": wall, "peak_rss_mb": max(peak, before) / 1024}
+        raise RuntimeError(f"{args[0]} failed: {lines[-2] if len(lines) > 1 else proc.stderr}")
+    peak = int(lines[-1].split()[-1])
+    out: dict[str, float] = {"seconds": wall, "peak_rss_mb": peak / 1024}
+    summary = [ast.literal_eval(line.split("add-items: ", 1)[1]) for line in lines if "add-items: {" in line]
     if summary:
         out["parts_s"] = summary[0]["parts_s"]
     return out

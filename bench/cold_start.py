@@ -253,7 +253,7 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     x_old, x_new = standardized(ds.features, new_feats)
     item_emb = ref.item_emb[:n_old]
-    w, alpha = ridge_fit(torch.as_tensor(x_old), torch.as_tensor(item_emb))
+    w, alpha = ridge_fit(torch.as_tensor(x_old), torch.as_tensor(np.array(item_emb)))
     record("ridge", ref.user_emb, ridge_apply(w, torch.as_tensor(x_new)).numpy())
     result["ridge_alpha"] = alpha
     record("mlp", ref.user_emb, mlp_regression(x_old, item_emb, x_new, seed))

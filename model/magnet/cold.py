@@ -147,19 +147,20 @@ def content_path(model: MAGNET, features: dict[str, Tensor | np.ndarray], collab
                    + getattr(model.modal, f"mean_{m}") for m in model.modalities}
 
     # content neighbours and p^m
-    neighbours, weights, p_new, p_ref = {}, {}, [], []
+    neighbours: dict[str, Tensor] = {}
+    p_new, p_ref = [], []
     for m, knn_name in zip(model.modalities, model._knn_names):
         s = getattr(model, knn_name)
         idx, _ = knn_rows(feats[m], trained_raw[m], k)
         w = new_row_weights(idx, graph_degrees(s))
-        neighbours[m], weights[m] = idx, w
+        neighbours[m] = idx
         layers = model.modal.item_layers(m, s)
         first = model.modal.mlps[m](model.modal.standardized(m, feats[m]))
         p_new.append(propagate_new(first, idx, w, layers))
         p_ref.append(torch.stack(layers).mean(0).mean(0))
 
     # c
-    c_u, c_i = model.collaborative(train=False)
+    _, c_i = model.collaborative(train=False)
     if base is not None:
         c_new = torch.as_tensor(base, dtype=torch.float32, device=device)
     elif collaborative == "ridge":
