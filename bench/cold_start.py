@@ -85,6 +85,27 @@ def write_split(interactions: Path, items: Path, item_col: str, held: list[str],
     return paths
 
 
+def _cols(value: str) -> list[str]:
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+def keep_with_content(new_items: Path, enc: Any) -> int:
+    """Drops held-out items that have no content in some modality (add-items refuses
+    them: nothing to embed them from); returns how many were dropped."""
+    from offline.features import item_meta_tokens, item_text
+
+    table = pd.read_csv(new_items, dtype=str, keep_default_na=False)
+    ok = np.ones(len(table), dtype=bool)
+    if enc.text_cols:
+        ok &= np.array([bool(item_text(v)) for v in table[enc.text_cols].itertuples(index=False)], dtype=bool)
+    if enc.meta_cols:
+        ok &= np.array([bool(item_meta_tokens(enc.meta_cols, v)) for v in table[enc.meta_cols].itertuples(index=False)],
+                       dtype=bool)
+    if not ok.all():
+        table[ok].to_csv(new_items, index=False)
+    return int((~ok).sum())
+
+
 # ------------------------------------------------------------------ metrics
 
 
@@ -109,7 +130,7 @@ def full_recall(user_emb: np.ndarray, old_items: np.ndarray, new_items: np.ndarr
     for u, (s, rel) in enumerate(zip(seen, relevant)):
         scores = np.concatenate([old_items @ user_emb[u], new_items @ user_emb[u]])
         scores[s] = -np.inf
-        top = np.argpartition(-scores, k)[:k]
+        top = np.argpartition(-scores, min(k, len(scores) - 1))[:k]
         out.append(np.isin(top - n_old, rel).sum() / len(rel))
     return float(np.mean(out))
 
@@ -138,7 +159,7 @@ def mlp_regression(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, seed: int, h
                    epochs: int = 300) -> np.ndarray:
     """One-hidden-layer MLP, MSE, Adam, early stopping on a held-out 10% of the rows."""
     torch.manual_seed(seed)
-    xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
     perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, len(xt) // 10)
     val, fit = perm[:n_val], perm[n_val:]
@@ -179,7 +200,7 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from offline.config import load_config
     from offline.dataset import load_dataset
     from offline.importer import import_dataset
-    from offline.item_encoders import encode_items
+    from offline.item_encoders import ItemEncoders, encode_items
     from offline.train import train
     from service.bundle import load_bundle
 
@@ -190,16 +211,19 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     paths = write_split(args.interactions, args.items, args.item_col, held, root / "csv")
     data = root / "data"
     if not (data / "encoders" / "encoders.json").is_file():
-        import_dataset(paths["train_inter"], paths["train_items"], text_cols=args.text_cols.split(","),
-                       meta_cols=args.meta_cols.split(","), kcore=5, name="cold", out=data)
+        import_dataset(paths["train_inter"], paths["train_items"], user_col=args.user_col, item_col=args.item_col,
+                       time_col=args.time_col, text_cols=_cols(args.text_cols), meta_cols=_cols(args.meta_cols),
+                       kcore=5, name="cold", out=data)
     ds = load_dataset(data)
+    no_content = keep_with_content(paths["new_items"], ItemEncoders.read(data))
     run = root / "run"
     if not (run / "metrics.json").is_file():
         cfg = load_config(None, ["progress=false", *args.set], model="magnet", seed=seed, device="cpu")
         train(data, run, cfg, overwrite=True)
     warm = json.loads((run / "metrics.json").read_text())
 
-    result: dict[str, Any] = {"seed": seed, "held_out_items": len(held), "trained_items": ds.n_items,
+    result: dict[str, Any] = {"seed": seed, "held_out_items": len(held), "held_out_without_content": no_content,
+                              "trained_items": ds.n_items,
                               "users": ds.n_users, "warm_test": warm["test"], "methods": {}}
     add_seconds: dict[str, float] = {}
     bundles = {}
@@ -280,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=Path, default=SHARED / "items.csv")
     parser.add_argument("--user-col", default="user_id")
     parser.add_argument("--item-col", default="item_id")
+    parser.add_argument("--time-col", default="timestamp")
     parser.add_argument("--text-cols", default=TEXT_COLS)
     parser.add_argument("--meta-cols", default=META_COLS)
     parser.add_argument("--holdout", type=float, default=0.1)
