@@ -154,8 +154,6 @@ def add_items(
             "embed them again from content"
         )
 
-    t_encode = time.perf_counter()
-    features = enc.encode(table, text_encoder)
     t_model = time.perf_counter()
     model = rebuild_model(run, data_dir)
     with torch.no_grad():
@@ -163,8 +161,15 @@ def add_items(
     if rebuilt.shape != data["item_emb"].shape or np.abs(rebuilt - data["item_emb"]).max() > _REBUILD_ATOL:
         raise AddItemsError(f"the model rebuilt from {run} and {data_dir} does not reproduce RUN/arrays/item_emb.npy "
                             "(was the dataset directory imported again since training?)")
+    if collaborative == "learned" and getattr(model, "content_map", None) is None:
+        raise AddItemsError(f"--collaborative learned needs a model trained with magnet.cold_dropout > 0; {run} was not")
+    t_encode = time.perf_counter()
+    features = enc.encode(table, text_encoder)
     t_path = time.perf_counter()
-    new = model.content_path(features, collaborative=collaborative)
+    try:
+        new = model.content_path(features, collaborative=collaborative)
+    except ValueError as exc:  # features that do not fit the model (e.g. a changed text encoder)
+        raise AddItemsError(f"{items}: {exc}") from None
     t_write = time.perf_counter()
 
     rows = np.array([index.get(i, -1) for i in table.index])
@@ -207,7 +212,7 @@ def add_items(
                  manifest_extra={"cold_items": int(sum(cold)), "cold_start": {"collaborative": collaborative}})
     summary = {"bundle": str(out), "added": int(added.sum()), "replaced": int((~added).sum()),
                "n_items": n_items, "cold_items": int(sum(cold)), "seconds": time.perf_counter() - started,
-               "parts_s": {"read": t_encode - started, "encode": t_model - t_encode, "model": t_path - t_model,
+               "parts_s": {"read": t_model - started, "model": t_encode - t_model, "encode": t_path - t_encode,
                            "content_path": t_write - t_path, "write": time.perf_counter() - t_write}}
     log.info("add-items: %s", summary)
     return summary

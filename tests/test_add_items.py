@@ -179,3 +179,21 @@ def test_cli_bad_input_one_line_no_bundle(trained: dict[str, Path], tmp_path: Pa
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert err.startswith("error: ") and message in err, err
     assert not out.exists() and not list(tmp_path.glob(".bundle.tmp-*"))
+
+
+def test_cli_refuses_a_bad_collaborative_and_a_non_bundle_out(trained: dict[str, Path], tmp_path: Path) -> None:
+    csv = _items_csv(tmp_path / "new.csv", NEW)
+    proc = _cli("--run", trained["magnet"], "--items", csv, "--out", tmp_path / "b", "--collaborative", "magic")
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
+        "error: --collaborative must be one of graph, knn, ridge, learned, got 'magic'"]
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    proc = _cli("--run", trained["magnet"], "--items", csv, "--out", keep)
+    assert proc.returncode != 0 and "is a non-empty directory that is not a bundle" in proc.stderr
+    assert (keep / "notes.txt").read_text() == "mine" and not (tmp_path / "b").exists()
+    proc = _cli("--run", trained["magnet"], "--items", csv, "--out", tmp_path / "b", "--collaborative", "learned")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith("error: --collaborative learned needs a model trained with magnet.cold_dropout > 0")
+    assert not (tmp_path / "b").exists()
