@@ -26,7 +26,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: ModelName = "magnet"
-    epochs: int = Field(200, ge=0, description="upper bound on training epochs")
+    epochs: int = Field(500, ge=0, description="upper bound on training epochs (early stopping ends most runs first)")
     patience: int = Field(20, ge=1, description="evaluations without a better valid recall@20 before stopping")
     batch_size: int | None = Field(None, ge=1, description="training rows per step; None takes the model's default")
     lr: float | None = Field(None, gt=0, description="Adam learning rate; None takes the model's default")

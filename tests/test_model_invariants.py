@@ -219,12 +219,13 @@ def test_regularizer_losses_per_stage() -> None:
     assert coverage_entropy(one_hot) == pytest.approx(1.0) and sample_entropy(one_hot) == pytest.approx(0.0, abs=1e-6)
     monitor = RoutingMonitor(threshold=0.5, window=1, ramp_epochs=2)
     reg = RoutingRegularizer(monitor, lambda_cov=0.7)
-    assert reg(q) == pytest.approx(float(-h_bar))
+    assert reg(q) == pytest.approx(float(1 - h_bar))
+    assert float(reg(one_hot)) >= 0 and float(reg(uniform)) == pytest.approx(0.0, abs=1e-6)  # never below 0
     _drive(monitor, [0.9])
     monitor.epoch = 2  # ramp 0.5: halfway between the stages
-    assert reg(q) == pytest.approx(float(0.5 * -h_bar + 0.5 * (h_i - 0.7 * h_bar)), abs=1e-6)
+    assert reg(q) == pytest.approx(float(0.5 * (1 - h_bar) + 0.5 * (h_i + 0.7 * (1 - h_bar))), abs=1e-6)
     monitor.epoch = 3
-    assert reg(q) == pytest.approx(float(h_i - 0.7 * h_bar), abs=1e-6)
+    assert reg(q) == pytest.approx(float(h_i + 0.7 * (1 - h_bar)), abs=1e-6)
 
 
 def test_model_epoch_end_reports_routing() -> None:
@@ -293,7 +294,7 @@ def test_no_content_edges_means_c_is_the_lightgcn_view() -> None:
 
 
 def test_no_experts_is_plain_fusion() -> None:
-    model = _model(experts=False)
+    model = _model(experts=False).eval()  # content dropout off, as in export
     assert model.experts == [] and model.expert_bank is None and model.item_router is None
     arrays = model.export_arrays()
     assert arrays["item_gates"].shape == (N_ITEMS, 0) and arrays["item_experts"].shape == (N_ITEMS, 0, 8)
@@ -329,7 +330,16 @@ def test_config_rejects_unknown_keys_and_has_flags() -> None:
 def test_loss_reaches_every_learned_part() -> None:
     model = _model(edge_dropout=0.2)
     model.train()
-    loss, _ = model.loss(torch.arange(20), torch.arange(20), torch.arange(20, 40))
+    batch = (torch.arange(20), torch.arange(20), torch.arange(20, 40))
+    # zero-initialised paths (the fusion gate, the experts' output layers) start silent but learn from step one
+    model.loss(*batch)[0].backward()
+    params = dict(model.named_parameters())
+    silent = ("fusion.gate", "expert_bank.dominant.0.out.weight", "expert_bank.balanced.out.weight")
+    assert all(params[n].grad is not None and params[n].grad.abs().sum() > 0 for n in silent)
+    assert params["fusion.gate"].abs().sum() == 0 and params["augmented.mix_logits"].grad.abs().sum() == 0
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    model.zero_grad()
+    loss, _ = model.loss(*batch)
     loss.backward()
     for name in ("augmented.mix_logits", "fusion.gate", "item_router.proj.weight", "user_router.proj.weight",
                  "user_emb", "item_emb"):

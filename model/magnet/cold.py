@@ -14,7 +14,7 @@ frozen (trained items' vectors do not move):
 - c (the item base): from content, by one of
   ``graph``  the augmented view itself: no ID embedding (layer 0 is zero) and no
              interaction edges, so only the content edges carry the neighbours' ID
-             layers in (degree lambda); the fused c = sigmoid(w) * h'. Faithful to
+             layers in (degree lambda); the fused c = g * h' (the fusion's gate). Faithful to
              the graph, and nearly zero (the neighbours' messages are scaled by
              1/sqrt(lambda * deg_j));
   ``knn``    the mean of the content neighbours' c (each modality's k neighbours
@@ -127,7 +127,18 @@ def ridge_apply(w: Tensor, x: Tensor) -> Tensor:
 def content_path(model: MAGNET, features: dict[str, Tensor | np.ndarray], collaborative: Collaborative = "ridge",
                  knn_k: int | None = None, base: Tensor | None = None) -> ContentEncoding:
     """e = c + sum_e g_e x_e of new items from their raw content features (see the
-    module docstring); `base` gives c itself instead (experiments)."""
+    module docstring), in eval mode (no dropout, no router noise) as `encode` runs;
+    `base` gives c itself instead (experiments)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _content_path(model, features, collaborative, knn_k, base)
+    finally:
+        model.train(was_training)
+
+
+def _content_path(model: MAGNET, features: dict[str, Tensor | np.ndarray], collaborative: Collaborative,
+                  knn_k: int | None, base: Tensor | None) -> ContentEncoding:
     if collaborative not in COLLABORATIVE:
         raise ValueError(f"collaborative must be one of {COLLABORATIVE}, got {collaborative!r}")
     missing = [m for m in model.modalities if m not in features]

@@ -27,7 +27,7 @@ class MagnetConfig(BaseModel):
     # what the trainer reads (model.base.TrainingDefaults); see docs/model.md for the choice
     batch_size: BatchSize = 8192
     min_steps_per_epoch: MinStepsPerEpoch = 8
-    lr: LearningRate = 1e-2
+    lr: LearningRate = 1e-3
     ema_decay: EmaDecay = 0.99
 
     # dual-view graph learning -------------------------------------------------
@@ -41,9 +41,12 @@ class MagnetConfig(BaseModel):
     )
     edge_dropout: float = Field(
         0.5, ge=0, lt=1, description="share of user-item edges pruned each training epoch, "
-        "degree-sensitively (edges between high-degree nodes go first); 0 keeps all"
+        "degree-sensitively (edges between high-degree nodes go first, so thin users keep theirs); 0 keeps all"
     )
     modality_layers: int = Field(1, ge=0, description="L_c: smoothing layers of p^m over S^m")
+    content_dropout: float = Field(
+        0.5, ge=0, lt=1, description="dropout on the modality MLPs' input and hidden layer (training only)"
+    )
     content_loss_weight: float = Field(
         0.0, ge=0, description="weight of the auxiliary per-modality BPR on c_u . p_i^m (as FREEDOM does): "
         "teaches p^m to carry preference so each dominant expert has its modality's signal to lead with"

@@ -59,26 +59,33 @@ class AugmentedView(nn.Module):
 
 
 class GatedFusion(nn.Module):
-    """c = h + sigmoid(w) * h' with a per-dimension gate w (starts at 0.5)."""
+    """c = h + g * h' with a per-dimension gate g that starts at 0.
+
+    The design's sigmoid gate starts at 0.5, so the content-augmented view enters at
+    half weight before anything is learned; on thin users that view dominated and
+    overfitted. Starting at 0 (and unbounded, so it can also grow past 1 or turn
+    negative per dimension) lets the data decide how much of it to take."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.gate = nn.Parameter(torch.zeros(dim))
 
     def reset_parameters(self) -> None:
-        """w = 0: the augmented view enters at half weight."""
+        """g = 0: the model starts from the interaction view alone."""
         nn.init.zeros_(self.gate)
 
     def forward(self, h: Tensor, h_aug: Tensor) -> Tensor:
-        return h + torch.sigmoid(self.gate) * h_aug
+        return h + self.gate * h_aug
 
 
 class ModalityEncoder(nn.Module):
     """p^m = smoothing over S^m of MLP_m(x^m) for items; users take the mean of
     their training items' p^m. Raw features are frozen and standardized per column
-    so any width and scale works."""
+    so any width and scale works. Dropout on the MLP's input and hidden layer
+    (`dropout`) keeps the content pathway from memorising a few thin users' items."""
 
-    def __init__(self, features: dict[str, Tensor], dim: int, hidden: int, n_layers: int) -> None:
+    def __init__(self, features: dict[str, Tensor], dim: int, hidden: int, n_layers: int,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.names = sorted(features)
         self.n_layers = n_layers
@@ -91,7 +98,8 @@ class ModalityEncoder(nn.Module):
             self.register_buffer(f"mean_{name}", mean, persistent=False)
             self.register_buffer(f"std_{name}", std, persistent=False)
         self.mlps = nn.ModuleDict(
-            {name: nn.Sequential(nn.Linear(features[name].shape[1], hidden), nn.GELU(), nn.Linear(hidden, dim))
+            {name: nn.Sequential(nn.Dropout(dropout), nn.Linear(features[name].shape[1], hidden), nn.GELU(),
+                                 nn.Dropout(dropout), nn.Linear(hidden, dim))
              for name in self.names}
         )
 

@@ -47,12 +47,17 @@ class ExpertMLP(nn.Module):
         self.out = nn.Linear(hidden, dim, bias=False)
 
     def reset_parameters(self) -> None:
-        """The linear layers' own initialisation, a zero hidden bias."""
+        """The input layers' own initialisation, a zero hidden bias and a zero output
+        layer: every expert starts silent (x = 0), so the model starts as its
+        collaborative part and each expert grows only as far as the ranking loss
+        asks (as zero-initialised residual branches do). With the default init the
+        content pathways outweighed the ID embeddings about five to one at the first
+        step and overfitted thin users (docs/model.md, "Sparse data")."""
         self.content.reset_parameters()
         if self.anchor is not None:
             self.anchor.reset_parameters()
         nn.init.zeros_(self.bias)
-        self.out.reset_parameters()
+        nn.init.zeros_(self.out.weight)
 
     def forward(self, content: Tensor, content_ref: Tensor, anchor: Tensor | None = None) -> Tensor:
         """f([content ; anchor]) - f([content_ref ; anchor]); content_ref may be one row."""

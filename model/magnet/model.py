@@ -111,7 +111,7 @@ class MAGNET(Recommender):
             self.interaction = InteractionView(cfg.n_layers)
             self.augmented = AugmentedView(cfg.aug_layers, len(self.modalities)) if cfg.content_edges else None
             self.fusion = GatedFusion(cfg.dim) if cfg.content_edges else None
-            self.modal = ModalityEncoder(feats, cfg.dim, cfg.expert_hidden, cfg.modality_layers)
+            self.modal = ModalityEncoder(feats, cfg.dim, cfg.expert_hidden, cfg.modality_layers, cfg.content_dropout)
             width = sum(feats[m].shape[1] for m in self.modalities)
             # content -> c for items trained without their ID (cold_dropout), the content path's `learned` c
             self.content_map = torch.nn.Linear(width, cfg.dim) if cfg.cold_dropout > 0 else None

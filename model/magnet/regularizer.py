@@ -92,8 +92,12 @@ class RoutingMonitor:
 
 
 class RoutingRegularizer:
-    """L_route for the monitor's current stage: -H_bar in stage 1, mean H_i -
-    lambda_cov * H_bar in stage 2, blended by the ramp while it comes in."""
+    """L_route for the monitor's current stage: 1 - H_bar in stage 1, mean H_i +
+    lambda_cov * (1 - H_bar) in stage 2, blended by the ramp while it comes in.
+
+    The design writes -H_bar and H_i - lambda_cov * H_bar; the constants added here
+    change no gradient but keep the loss non-negative (normalized entropies lie in
+    [0, 1]), so a training loss below zero no longer reads as a bug."""
 
     def __init__(self, monitor: RoutingMonitor, lambda_cov: float) -> None:
         self.monitor, self.lambda_cov = monitor, lambda_cov
@@ -101,6 +105,6 @@ class RoutingRegularizer:
     def __call__(self, q: Tensor) -> Tensor:
         h_bar, h_i = coverage_entropy(q), sample_entropy(q)
         ramp = self.monitor.ramp()
-        stage1 = -h_bar
-        stage2 = h_i - self.lambda_cov * h_bar
+        stage1 = 1.0 - h_bar
+        stage2 = h_i + self.lambda_cov * (1.0 - h_bar)
         return (1.0 - ramp) * stage1 + ramp * stage2
