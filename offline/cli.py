@@ -1,4 +1,4 @@
-"""The `magnet` console script: import, train, evaluate, export, serve, quickstart.
+"""The `magnet` console script: import, train, evaluate, export, add-items, serve, quickstart.
 
 Every expected failure (bad files, bad settings, a bundle that fails verification)
 ends with one line on stderr naming the problem and a non-zero exit code; set
@@ -38,12 +38,13 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     serving: tuple[type[BaseException], ...] = (ExportError, BundleError, SettingsError, FileNotFoundError,
                                                 EventsExportError)
     try:  # these need torch and pandas, which the serve-only install (the API image) lacks
+        from offline.add_items import AddItemsError
         from offline.config import ConfigError
         from offline.dataset import DatasetError
         from offline.train import TrainError
     except ImportError:  # then no command could have raised them
         return serving
-    return (ConfigError, DatasetError, TrainError, *serving)
+    return (AddItemsError, ConfigError, DatasetError, TrainError, *serving)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -78,6 +79,12 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug 
         stream=sys.stderr,
     )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
+
+
+#: --exact-max-items of the commands that write a bundle
+ExactMaxItems = Annotated[
+    Optional[int], typer.Option(min=1, help="largest catalogue served by the exact index (default 10000); HNSW above")
+]
 
 
 def _csv_list(value: str | None) -> list[str]:
@@ -199,15 +206,38 @@ def evaluate(
 def export(
     run: Annotated[Path, typer.Option(help="run directory from `magnet train`")],
     out: Annotated[Path, typer.Option(help="bundle directory to write")],
-    exact_max_items: Annotated[
-        Optional[int], typer.Option(min=1, help="largest catalogue served by the exact index (default 10000); HNSW above")
-    ] = None,
+    exact_max_items: ExactMaxItems = None,
 ) -> None:
     """Turn a run into a verified serving bundle (embeddings, routing, FAISS index)."""
     from offline.export import EXACT_MAX_ITEMS, export_bundle
 
     path = export_bundle(run, out, exact_max_items=exact_max_items or EXACT_MAX_ITEMS)
     typer.echo(f"bundle written to {path}")
+
+
+@app.command("add-items")
+@friendly_errors
+def add_items_cmd(
+    run: Annotated[Path, typer.Option(help="MAGNET run directory from `magnet train`")],
+    items: Annotated[Path, typer.Option(help="items CSV: the id column and the content columns recorded at import")],
+    out: Annotated[Path, typer.Option(help="bundle directory to write (the run's items plus the new ones)")],
+    replace: Annotated[bool, typer.Option(help="embed ids the run already has again, from content")] = False,
+    collaborative: Annotated[
+        Optional[str], typer.Option(help="how a new item's collaborative part is made: ridge | knn | graph | learned")
+    ] = None,
+    exact_max_items: ExactMaxItems = None,
+) -> None:
+    """Embed new items from their content alone (no retraining) into a new verified bundle."""
+    from offline.add_items import DEFAULT_COLLABORATIVE, add_items
+    from offline.export import EXACT_MAX_ITEMS
+    from model.magnet.cold import COLLABORATIVE
+
+    if collaborative is not None and collaborative not in COLLABORATIVE:
+        _fail(f"--collaborative must be one of {', '.join(COLLABORATIVE)}, got {collaborative!r}")
+    summary = add_items(run, items, out, replace=replace, collaborative=collaborative or DEFAULT_COLLABORATIVE,
+                        exact_max_items=exact_max_items or EXACT_MAX_ITEMS)
+    typer.echo(f"bundle written to {out}: {summary['added']} items added, {summary['replaced']} replaced, "
+               f"{summary['n_items']} items ({summary['cold_items']} from content alone)")
 
 
 @app.command()

@@ -21,7 +21,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,8 @@ OPTIONAL_INTER_COLUMNS = ("rating", "timestamp")
 USER_MAPPING = "u_id_mapping.csv"
 ITEM_MAPPING = "i_id_mapping.csv"
 STATS_FILE = "stats.json"
+#: subdirectory of recorded item encoders (offline/item_encoders.py), the one directory a dataset may hold
+ENCODERS_DIR = "encoders"
 FEATURE_SUFFIX = "_feat.npy"
 _FINITE_CHECK_ROWS = 8192  # rows per chunk when scanning big feature files for NaN/inf
 
@@ -367,7 +369,8 @@ def looks_like_dataset_dir(path: Path) -> bool:
     if not path.is_dir():
         return False
     entries = list(path.iterdir())
-    return all(e.is_file() and _DATASET_FILE_RE.fullmatch(e.name) for e in entries) and (
+    return all((e.is_file() and _DATASET_FILE_RE.fullmatch(e.name)) or (e.is_dir() and e.name == ENCODERS_DIR)
+               for e in entries) and (
         not entries or sum(e.suffix == ".inter" for e in entries) == 1
     )
 
@@ -379,6 +382,7 @@ def write_dataset(
     extra: pd.DataFrame | None = None,
     stats: dict[str, Any] | None = None,
     item_files: dict[str, list[Any]] | None = None,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> None:
     """Writes ``ds`` as a dataset directory at ``out``, atomically.
 
@@ -387,6 +391,8 @@ def write_dataset(
     ``rating`` / ``timestamp``. Rows are written per user ordered by timestamp (when
     given), then itemID. ``stats`` adds keys to stats.json. ``item_files`` adds optional
     per-item files (`service.item_files`, e.g. ``item_names.json``), checked first.
+    ``write_extra(tmp)`` writes more into the staged directory before it is published
+    (`magnet import`: the item encoders, ``encoders/``).
 
     An existing ``out`` is replaced only when it looks like a dataset directory
     (empty, or only .inter / *_feat.npy / id mappings / stats.json, one .inter);
@@ -410,6 +416,8 @@ def write_dataset(
         _write_mapping(tmp / ITEM_MAPPING, ds.item_ids, ("item_id", "itemID"))
         (tmp / STATS_FILE).write_text(json.dumps({**ds.summary(), **(stats or {})}, indent=1))
         write_item_files(tmp, item_files or {})
+        if write_extra is not None:
+            write_extra(tmp)
         inter.to_csv(tmp / f"{ds.name}.inter", sep="\t", index=False)  # last: a partial dir has no .inter
     log.info("wrote dataset %s to %s (%d interactions)", ds.name, out, len(inter))
 

@@ -189,14 +189,40 @@ def export_bundle(
     anything else is refused rather than deleted. Catalogs above `exact_max_items`
     get an approximate HNSW index (recorded in manifest["index"]).
     """
-    run, out = Path(run), Path(out)
+    run = Path(run)
+    check_bundle_out(out)
+    return write_bundle(read_run_arrays(run), out, source_run=run, manifest_extra={"cold_items": 0},
+                        exact_max_items=exact_max_items, hnsw_m=hnsw_m,
+                        ef_construction=ef_construction, ef_search=ef_search)
+
+
+def check_bundle_out(out: Path) -> None:
+    """`out` may not exist yet, be empty, or hold an older bundle; anything else is refused."""
+    out = Path(out)
     if out.exists():
         if not out.is_dir():
             raise ExportError(f"{out} exists and is not a directory")
         if any(out.iterdir()) and not (out / fmt.MANIFEST).is_file():
             raise ExportError(f"{out} is a non-empty directory that is not a bundle; refusing to overwrite it")
+
+
+def write_bundle(
+    data: dict[str, Any],
+    out: Path,
+    *,
+    source_run: Path,
+    manifest_extra: dict[str, Any] | None = None,
+    exact_max_items: int = EXACT_MAX_ITEMS,
+    hnsw_m: int = 32,
+    ef_construction: int = 40,
+    ef_search: int = 64,
+) -> Path:
+    """Writes arrays in `read_run_arrays`' form as a verified bundle at `out` (staged,
+    loaded with the service's loader, then published); `manifest_extra` adds keys to
+    manifest.json (add-items: ``cold_items``)."""
+    out = Path(out)
+    check_bundle_out(out)
     started = time.perf_counter()
-    data = read_run_arrays(run)
     n_users, dim = data["user_emb"].shape
     n_items = data["item_emb"].shape[0]
     popularity = np.bincount(data["seen_indices"], minlength=n_items).astype(np.int64)
@@ -244,14 +270,15 @@ def export_bundle(
             "metrics": json_safe(metrics),
             "index": index_info,
             "shapes": {name: list(array.shape) for name, array in arrays.items()},
-            "source_run": str(run.resolve()),
+            "source_run": str(Path(source_run).resolve()),
+            **(manifest_extra or {}),
             "files": files,
         }
         (tmp / fmt.MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False), encoding="utf-8")
         try:  # what is published is what the server will accept
             load_bundle(tmp)
         except BundleError as exc:
-            raise ExportError(f"the bundle written for {run} fails the loader's verification: {exc}") from exc
+            raise ExportError(f"the bundle written for {source_run} fails the loader's verification: {exc}") from exc
     log.info("exported bundle %s (%s, %d users, %d items, %s index) in %.2fs",
              out, manifest["model_version"], n_users, n_items, index_info["type"],
              time.perf_counter() - started)

@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -99,8 +100,11 @@ def encode_text(
     return np.ascontiguousarray(emb, dtype=np.float32)
 
 
-def meta_matrix(item_tokens: Sequence[Sequence[str]], min_df: int = META_MIN_DF) -> tuple[sp.csr_matrix, list[str]]:
-    """Binary token matrix weighted by ln(n/df), keeping tokens of >= min_df items."""
+def meta_matrix(
+    item_tokens: Sequence[Sequence[str]], min_df: int = META_MIN_DF
+) -> tuple[sp.csr_matrix, list[str], np.ndarray]:
+    """Binary token matrix weighted by ln(n/df), keeping tokens of >= min_df items;
+    also returns the kept vocabulary (sorted) and its idf weights (float64)."""
     vocab: dict[str, int] = {}
     rows, cols = [], []
     for r, tokens in enumerate(item_tokens):
@@ -117,25 +121,65 @@ def meta_matrix(item_tokens: Sequence[Sequence[str]], min_df: int = META_MIN_DF)
     keep = keep[np.argsort(terms[keep], kind="stable")]  # column order independent of item order
     idf = np.log(n / df[keep]) if n else np.zeros(0)
     x = (counts[:, keep] @ sp.diags(idf)).tocsr()
-    return x, [str(t) for t in terms[keep]]
+    return x, [str(t) for t in terms[keep]], np.asarray(idf, dtype=np.float64)
+
+
+def meta_transform(item_tokens: Sequence[Sequence[str]], vocab: Sequence[str], idf: np.ndarray,
+                   components: np.ndarray, dim: int = META_DIM) -> np.ndarray:
+    """Meta features of (new) items with a fitted vocabulary, idf and SVD components
+    ([k, len(vocab)], signs applied): the binary bag of known tokens times idf,
+    projected on the components; float32 [n, dim]. Applied to the items it was fitted
+    on, it reproduces :func:`encode_meta`'s rows (to float precision)."""
+    column = {t: j for j, t in enumerate(vocab)}
+    rows, cols = [], []
+    for r, tokens in enumerate(item_tokens):
+        for t in set(tokens):
+            if t in column:
+                rows.append(r)
+                cols.append(column[t])
+    n = len(item_tokens)
+    x = sp.csr_matrix((np.asarray(idf, dtype=np.float64)[cols], (rows, cols)), shape=(n, len(vocab)))
+    out = np.zeros((n, dim), dtype=np.float32)
+    if len(components):
+        out[:, : components.shape[0]] = x @ np.asarray(components, dtype=np.float64).T
+    return out
+
+
+@dataclass
+class MetaFit:
+    """What the meta features were fitted with: enough to encode a new item the same way."""
+
+    vocab: list[str]
+    idf: np.ndarray  # float64 [V]
+    components: np.ndarray  # float64 [k, V], k <= dim, signs applied
+    min_df: int
+
+
+def fit_meta(
+    item_tokens: Sequence[Sequence[str]], dim: int = META_DIM, *, min_df: int = META_MIN_DF, seed: int = 0
+) -> tuple[np.ndarray, MetaFit]:
+    """:func:`encode_meta` plus what it was fitted with (vocabulary, idf, SVD components)."""
+    n = len(item_tokens)
+    x, vocab, idf = meta_matrix(item_tokens, min_df)
+    if x.shape[1] == 0 and min_df > 1:
+        log.warning("no meta token is shared by %d items; using every token", min_df)
+        min_df = 1
+        x, vocab, idf = meta_matrix(item_tokens, min_df)
+    log.info("meta features: %d items, %d tokens -> %d dims", n, len(vocab), dim)
+    out = np.zeros((n, dim), dtype=np.float32)
+    components = np.zeros((0, len(vocab)))
+    if n and x.nnz:
+        z, components = _truncated_svd(x, dim, seed)
+        out[:, : z.shape[1]] = z
+    return out, MetaFit(vocab, idf, components, min_df)
 
 
 def meta_features(
     item_tokens: Sequence[Sequence[str]], dim: int = META_DIM, *, min_df: int = META_MIN_DF, seed: int = 0
 ) -> tuple[np.ndarray, list[str]]:
     """:func:`encode_meta` plus the vocabulary it kept (for stats.json)."""
-    n = len(item_tokens)
-    x, vocab = meta_matrix(item_tokens, min_df)
-    if x.shape[1] == 0 and min_df > 1:
-        log.warning("no meta token is shared by %d items; using every token", min_df)
-        x, vocab = meta_matrix(item_tokens, 1)
-    log.info("meta features: %d items, %d tokens -> %d dims", n, len(vocab), dim)
-    out = np.zeros((n, dim), dtype=np.float32)
-    if n == 0 or x.nnz == 0:
-        return out, vocab
-    z = _truncated_svd(x, dim, seed)
-    out[:, : z.shape[1]] = z
-    return out, vocab
+    out, fit = fit_meta(item_tokens, dim, min_df=min_df, seed=seed)
+    return out, fit.vocab
 
 
 def encode_meta(
@@ -151,17 +195,20 @@ def encode_meta(
     return meta_features(item_tokens, dim, min_df=min_df, seed=seed)[0]
 
 
-def _truncated_svd(x: sp.csr_matrix, dim: int, seed: int) -> np.ndarray:
-    """U * S of the top ``dim`` components; ARPACK for big matrices, LAPACK for small ones."""
+def _truncated_svd(x: sp.csr_matrix, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """U * S of the top ``dim`` components and the components (signs applied); ARPACK
+    for big matrices, LAPACK for small ones."""
     from sklearn.decomposition import TruncatedSVD
 
     if dim < min(x.shape) - 1 and min(x.shape) > 2 * dim:
         svd = TruncatedSVD(dim, algorithm="arpack", random_state=seed)
         z = svd.fit_transform(x)
-        return z * _component_signs(svd.components_)
+        signs = _component_signs(svd.components_)
+        return z * signs, svd.components_ * signs[:, None]
     u, s, vt = np.linalg.svd(x.toarray(), full_matrices=False)
     k = min(dim, int((s > s[0] * 1e-10).sum()) if len(s) else 0)
-    return u[:, :k] * s[:k] * _component_signs(vt[:k])
+    signs = _component_signs(vt[:k])
+    return u[:, :k] * s[:k] * signs, vt[:k] * signs[:, None]
 
 
 def _component_signs(vt: np.ndarray) -> np.ndarray:

@@ -14,6 +14,9 @@ Features: text columns become one string per item (:func:`offline.features.item_
 e.g. "Toy Story (1995). Animation, Children's, Comedy. A cowboy doll ...") encoded by
 all-MiniLM-L6-v2 -> ``text_feat.npy``; meta columns become ``column=value`` tokens ->
 TF-IDF + SVD -> ``meta_feat.npy``. This reproduces the shared ml100k/mmrec features.
+What encoded them (columns, text encoder, meta vocabulary, idf, SVD components) is
+recorded in ``DATA/encoders/`` (`offline.item_encoders`) so new items can be encoded
+the same way later (`magnet add-items`).
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ import numpy as np
 import pandas as pd
 
 from offline.dataset import Dataset, DatasetError, check_name, write_dataset
-from offline.features import META_DIM, encode_text, item_meta_tokens, item_text, meta_features, split_multi
+from offline.features import META_DIM, encode_text, fit_meta, item_meta_tokens, item_text, split_multi
+from offline.item_encoders import ItemEncoders
 from service.item_files import ITEM_ATTRIBUTES, ITEM_NAMES
 
 log = logging.getLogger(__name__)
 
 LABEL_COL = "x_label"
-_INT_RE = r"[+-]?\d+"
+INT_RE = r"[+-]?\d+"
 
 
 # ----------------------------------------------------------------- the split rule
@@ -42,7 +46,7 @@ _INT_RE = r"[+-]?\d+"
 def _is_int_ids(values: pd.Series) -> bool:
     if pd.api.types.is_integer_dtype(values):
         return True
-    return bool(len(values)) and bool(values.astype(str).str.strip().str.fullmatch(_INT_RE).all())
+    return bool(len(values)) and bool(values.astype(str).str.strip().str.fullmatch(INT_RE).all())
 
 
 def id_sort_key(values: pd.Series, as_int: bool | None = None) -> np.ndarray:
@@ -107,7 +111,7 @@ def assign_split(
 # ----------------------------------------------------------------- reading CSVs
 
 
-def _read_csv(path: Path, what: str, needed: list[str]) -> pd.DataFrame:
+def read_table(path: Path, what: str, needed: list[str]) -> pd.DataFrame:
     """All columns as strings (ids stay exact); names the file and the missing columns."""
     if not path.exists():
         raise DatasetError(f"{what} file {path} does not exist")
@@ -136,9 +140,9 @@ def _read_csv(path: Path, what: str, needed: list[str]) -> pd.DataFrame:
     return df
 
 
-def _canonical_ints(ids: pd.Series) -> pd.Series:
+def canonical_ints(ids: pd.Series) -> pd.Series:
     """Integer-looking ids in canonical form ("007" -> "7"), so both files agree on them."""
-    is_int = ids.str.fullmatch(_INT_RE).to_numpy(dtype=bool, na_value=False)
+    is_int = ids.str.fullmatch(INT_RE).to_numpy(dtype=bool, na_value=False)
     if not is_int.any():
         return ids
     out = ids.copy()
@@ -154,8 +158,8 @@ def _ids(df: pd.DataFrame, col: str, path: Path) -> tuple[pd.Series, bool]:
         raise DatasetError(
             f"{path}: column {col} is empty on {int(empty.sum())} rows (e.g. line {int(np.argmax(empty)) + 2})"
         )
-    as_int = bool(ids.str.fullmatch(_INT_RE).all())
-    return (_canonical_ints(ids) if as_int else ids), as_int
+    as_int = bool(ids.str.fullmatch(INT_RE).all())
+    return (canonical_ints(ids) if as_int else ids), as_int
 
 
 def _numbers(df: pd.DataFrame, col: str, path: Path, what: str) -> pd.Series:
@@ -307,7 +311,7 @@ def _read_interactions(
     path: Path, user_col: str, item_col: str, time_col: str, rating_col: str, min_rating: float | None
 ) -> _Raw:
     """Parses and validates the interactions file into canonical columns."""
-    head = _read_csv(path, "interactions", [user_col, item_col])
+    head = read_table(path, "interactions", [user_col, item_col])
     has_label = LABEL_COL in head.columns
     has_time = time_col in head.columns
     columns = ", ".join(head.columns)
@@ -341,10 +345,10 @@ def _read_interactions(
 
 def _read_items(path: Path, item_col: str, content_cols: list[str], items_as_int: bool) -> pd.DataFrame:
     """The items file indexed by external item id (canonical like the interactions' ids)."""
-    table = _read_csv(path, "items", [item_col, *content_cols])
+    table = read_table(path, "items", [item_col, *content_cols])
     ext, _ = _ids(table, item_col, path)
     if items_as_int:
-        ext = _canonical_ints(ext)
+        ext = canonical_ints(ext)
     dup = ext.duplicated()
     if dup.any():
         raise DatasetError(f"{path}: column {item_col} has {int(dup.sum())} duplicate ids (e.g. {ext[dup].iloc[0]!r})")
@@ -405,9 +409,12 @@ def import_dataset(
     features: dict[str, np.ndarray] = {}
     stats: dict[str, object] = {}
     item_files: dict[str, list] = {}
+    encoders: ItemEncoders | None = None
     if prep.items_table is not None:
         rows = prep.items_table.loc[prep.item_ids]
         title = title_col or default_title_col(list(rows.columns), exclude=item_col)
+        encoders = ItemEncoders(item_col=item_col, title_col=title, text_cols=text_cols, meta_cols=meta_cols,
+                                meta_dim=meta_dim)
         if title is not None:
             item_files[ITEM_NAMES] = item_names(rows[title])
             log.info("display names from column %s (%d of %d items have one)", title,
@@ -418,10 +425,11 @@ def import_dataset(
             if blank:
                 log.warning("%d items have no text in %s", blank, ", ".join(text_cols))
             features["text"] = (text_encoder or encode_text)(texts)
+            encoders.text_dim = int(np.asarray(features["text"]).shape[1])
         if meta_cols:
             tokens = [item_meta_tokens(meta_cols, v) for v in rows[meta_cols].itertuples(index=False)]
-            features["meta"], vocab = meta_features(tokens, meta_dim)
-            stats["meta_vocab"] = len(vocab)
+            features["meta"], encoders.meta = fit_meta(tokens, meta_dim)
+            stats["meta_vocab"] = len(encoders.meta.vocab)
             item_files[ITEM_ATTRIBUTES] = item_attributes(meta_cols, rows[meta_cols])
     if not features:
         log.warning("no --text-cols/--meta-cols: the dataset has no content features")
@@ -440,7 +448,8 @@ def import_dataset(
         item_ids=prep.item_ids,
     )
     extra_cols = ["userID", "itemID", *[c for c in ("rating", "timestamp") if c in df.columns]]
-    write_dataset(ds, Path(out), extra=df[extra_cols], stats=stats, item_files=item_files)
+    write_dataset(ds, Path(out), extra=df[extra_cols], stats=stats, item_files=item_files,
+                  write_extra=encoders.write if encoders is not None and features else None)
     return ds
 
 

@@ -39,7 +39,7 @@ from service.bundle_format import (
     read_json,
     read_npy,
 )
-from service.item_files import ITEM_ATTRIBUTES, ITEM_FILES, ITEM_NAMES, ItemFileError, parse_item_file
+from service.item_files import ITEM_ATTRIBUTES, ITEM_COLD, ITEM_FILES, ITEM_NAMES, ItemFileError, parse_item_file
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,11 @@ class Bundle:
         """{attribute: [values]} per internal item index, when the import had --meta-cols."""
         return self.item_files.get(ITEM_ATTRIBUTES)
 
+    def is_cold(self, item: int) -> bool:
+        """True when the item was embedded from its content alone (`magnet add-items`)."""
+        cold = self.item_files.get(ITEM_COLD)
+        return bool(cold[item]) if cold is not None else False
+
     def seen(self, user: int) -> np.ndarray:
         """Internal item indices the user trained on (never recommended back)."""
         return self.seen_indices[self.seen_indptr[user]: self.seen_indptr[user + 1]]
@@ -177,6 +182,11 @@ def _load(root: Path) -> Bundle:
                       for name in ITEM_FILES if name in blobs}
     except ItemFileError as exc:
         raise BundleError(str(exc)) from None
+    cold = item_files.get(ITEM_COLD)
+    cold_count = sum(cold) if cold is not None else 0
+    if manifest.get("cold_items", cold_count) != cold_count:
+        raise BundleError(f"{root / MANIFEST}: cold_items is {manifest['cold_items']!r} but {ITEM_COLD} flags "
+                          f"{cold_count} items")
 
     f32 = {name: np.ascontiguousarray(arrays[name], dtype=np.float32) for name in FLOAT_ARRAYS}
     check_gates(f32["item_gates.npy"], root / "item_gates.npy")

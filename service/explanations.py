@@ -64,7 +64,8 @@ def explain_pair(bundle: Bundle, e_u: np.ndarray, item: int, *,
                  attribution: list[list[str]] | None = None) -> dict[str, Any]:
     """Score decomposition of user vector `e_u` (a trained row of user_emb, or a folded-in
     vector: the one /recommend ranks with) and internal item index `item`; JSON-ready,
-    without ids or cache flag."""
+    without ids or cache flag. ``cold`` says whether the item was embedded from content
+    alone (`magnet add-items`)."""
     score = float(score_items(e_u, bundle.item_emb, np.array([item]))[0])
     u64 = e_u.astype(np.float64)
     base = float(bundle.item_base[item].astype(np.float64) @ u64)
@@ -93,4 +94,5 @@ def explain_pair(bundle: Bundle, e_u: np.ndarray, item: int, *,
         "modalities": modalities,
         "top_expert": top,
         "reason": _reason(score, base, experts, top, modalities, bundle.model),
+        "cold": bundle.is_cold(item),
     }

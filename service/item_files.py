@@ -26,6 +26,8 @@ from typing import Any
 
 ITEM_NAMES = "item_names.json"
 ITEM_ATTRIBUTES = "item_attributes.json"
+#: true for items embedded from content alone (`magnet add-items`), false for trained ones
+ITEM_COLD = "item_cold.json"
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,16 @@ def _attributes_or_null(value: Any) -> bool:
         isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v) for k, v in value.items()))
 
 
+def _bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
 #: every optional per-item file the pipeline carries, by file name
 ITEM_FILES: dict[str, ItemFile] = {
     ITEM_NAMES: ItemFile("display name (title) per item, for people", _str_or_null, "a string or null"),
     ITEM_ATTRIBUTES: ItemFile("attribute values per item ({column: [values]}, from --meta-cols), for filters",
                               _attributes_or_null, "an object of string lists or null"),
+    ITEM_COLD: ItemFile("whether the item was embedded from its content alone (add-items)", _bool, "true or false"),
 }
 
 

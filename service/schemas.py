@@ -121,6 +121,8 @@ class Explanation(BaseModel):
     )
     top_expert: str = Field(description='expert with the largest contribution ("base" when none is routed)')
     reason: str = Field(description="one human-readable sentence")
+    cold: bool = Field(description="true when the item was embedded from its content alone (magnet add-items: "
+                       "no interactions, no ID embedding); the parts add up the same way")
     cached: bool = Field(description="true when served from the cache")
 
 

@@ -106,3 +106,18 @@ def test_titles_become_item_names_in_item_order(imported) -> None:
     assert len(names) == ds.n_items == 1349
     assert names == [titles[i].strip() for i in ds.item_ids]  # the `title` column, found without --title-col
     assert names[ds.item_ids.index("1")] == "Toy Story (1995)"
+
+
+def test_recorded_encoders_re_encode_items_to_their_rows(imported: tuple[Dataset, Path, float]) -> None:
+    """Encoders that outlive the import: items encoded again (real all-MiniLM-L6-v2,
+    recorded idf and ARPACK SVD components) equal their imported feature rows."""
+    from offline.item_encoders import encode_items
+
+    ds, out, _ = imported
+    raw = pd.read_csv(ML100K / "items.csv", dtype=str, keep_default_na=False).set_index("item_id", drop=False)
+    some = np.random.default_rng(0).choice(ds.n_items, 40, replace=False)
+    rows = raw.loc[[ds.item_ids[i] for i in some]]
+    again = encode_items(out, rows)
+    assert sorted(again) == ["meta", "text"]
+    for modality in ("text", "meta"):
+        np.testing.assert_allclose(again[modality], ds.features[modality][some], atol=1e-5)

@@ -52,6 +52,12 @@ class MagnetConfig(BaseModel):
         "teaches p^m to carry preference so each dominant expert has its modality's signal to lead with"
     )
 
+    cold_dropout: float = Field(
+        0.0, ge=0, lt=1, description="DropoutNet-style training of the content path: the share of a batch's items "
+        "whose c is replaced by a learned linear map of their standardized content (what `magnet add-items "
+        "--collaborative learned` then uses for new items); 0 (default) trains exactly as without it"
+    )
+
     # experts and routing ------------------------------------------------------
     expert_hidden: int = Field(64, ge=1, description="hidden width of the expert template MLP")
     top_k: int = Field(2, ge=1, description="experts kept per user/item by the sparse router")

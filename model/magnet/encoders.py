@@ -44,16 +44,18 @@ class AugmentedView(nn.Module):
         """softmax(a): each modality's share of the content edges."""
         return torch.softmax(self.mix_logits, dim=0)
 
+    def step(self, z: Tensor, bipartite: Tensor, parts: list[Tensor], n_users: int,
+             weights: Tensor | None = None) -> Tensor:
+        """One propagation through the augmented matrix (bipartite part + mixed item-item parts)."""
+        weights = self.mixture() if weights is None else weights
+        out = spmm(bipartite, z)
+        items = z[n_users:]
+        out[n_users:] += sum(w * spmm(s, items) for w, s in zip(weights, parts))
+        return out
+
     def forward(self, x: Tensor, bipartite: Tensor, parts: list[Tensor], n_users: int) -> Tensor:
         weights = self.mixture()
-
-        def step(z: Tensor) -> Tensor:
-            out = spmm(bipartite, z)
-            items = z[n_users:]
-            out[n_users:] += sum(w * spmm(s, items) for w, s in zip(weights, parts))
-            return out
-
-        return layer_mean(x, step, self.n_layers)
+        return layer_mean(x, lambda z: self.step(z, bipartite, parts, n_users, weights), self.n_layers)
 
 
 class GatedFusion(nn.Module):
@@ -89,8 +91,12 @@ class ModalityEncoder(nn.Module):
         self.n_layers = n_layers
         for name in self.names:
             x = features[name].float()
-            x = (x - x.mean(0)) / x.std(0, unbiased=False).clamp(min=1e-6)
+            mean, std = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-6)
+            x = (x - mean) / std
             self.register_buffer(f"feat_{name}", x, persistent=False)
+            # the trained items' column statistics, so a new item is standardized the same way
+            self.register_buffer(f"mean_{name}", mean, persistent=False)
+            self.register_buffer(f"std_{name}", std, persistent=False)
         self.mlps = nn.ModuleDict(
             {name: nn.Sequential(nn.Dropout(dropout), nn.Linear(features[name].shape[1], hidden), nn.GELU(),
                                  nn.Dropout(dropout), nn.Linear(hidden, dim))
@@ -103,6 +109,19 @@ class ModalityEncoder(nn.Module):
             for layer in self.mlps[name]:
                 if isinstance(layer, nn.Linear):
                     layer.reset_parameters()
+
+    def standardized(self, name: str, x: Tensor) -> Tensor:
+        """Raw features of (new) items standardized with the trained items' column statistics."""
+        return (x.float() - getattr(self, f"mean_{name}")) / getattr(self, f"std_{name}")
+
+    def item_layers(self, name: str, s: Tensor) -> list[Tensor]:
+        """The trained items' smoothing layers [MLP_m(x^m), S MLP_m(x^m), ...] (p^m is their mean)."""
+        z = self.mlps[name](getattr(self, f"feat_{name}"))
+        layers = [z]
+        for _ in range(self.n_layers):
+            z = spmm(s, z)
+            layers.append(z)
+        return layers
 
     def forward(self, knn: list[Tensor], user_mean: Tensor, user_mean_t: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Returns ([p_u^m for m], [p_i^m for m]) in sorted modality order; all graphs

@@ -23,6 +23,7 @@ from torch import Tensor
 from model.base import Encoding, Recommender, SumOverRanks, local_sums
 from model.graph import normalized_bipartite, unique_pairs
 from model.losses import bpr_loss, emb_norm_reg, ranking_loss
+from model.magnet.cold import ContentEncoding, content_path
 from model.magnet.config import MagnetConfig
 from model.magnet.encoders import AugmentedView, GatedFusion, InteractionView, ModalityEncoder
 from model.magnet.experts import ModalityExperts
@@ -111,6 +112,9 @@ class MAGNET(Recommender):
             self.augmented = AugmentedView(cfg.aug_layers, len(self.modalities)) if cfg.content_edges else None
             self.fusion = GatedFusion(cfg.dim) if cfg.content_edges else None
             self.modal = ModalityEncoder(feats, cfg.dim, cfg.expert_hidden, cfg.modality_layers, cfg.content_dropout)
+            width = sum(feats[m].shape[1] for m in self.modalities)
+            # content -> c for items trained without their ID (cold_dropout), the content path's `learned` c
+            self.content_map = torch.nn.Linear(width, cfg.dim) if cfg.cold_dropout > 0 else None
             if cfg.experts:
                 self.expert_bank: ModalityExperts | None = ModalityExperts(self.modalities, cfg.dim, cfg.expert_hidden)
                 n_e = self.expert_bank.n_experts
@@ -134,7 +138,8 @@ class MAGNET(Recommender):
         torch.nn.init.xavier_uniform_(self.item_emb)
         self._prune_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
         self.resample_training_graph()
-        layers = (self.augmented, self.fusion, self.modal, self.expert_bank, self.item_router, self.user_router)
+        layers = (self.augmented, self.fusion, self.modal, self.expert_bank, self.item_router, self.user_router,
+                  self.content_map)
         for layer in layers:
             if layer is not None:
                 layer.reset_parameters()
@@ -220,7 +225,11 @@ class MAGNET(Recommender):
         """The mixtures of the given (distinct) users and items, both sides' rows in one
         expert pass that runs each row through its routed experts only (training)."""
         n_u = len(users)
-        c = torch.cat([take_rows(r.c_u, users), take_rows(r.c_i, items)])
+        c_items = take_rows(r.c_i, items)
+        if self.training and self.content_map is not None:  # DropoutNet: these items are seen as new ones
+            dropped = torch.rand(len(items), device=items.device) < self.cfg.cold_dropout
+            c_items = torch.where(dropped.unsqueeze(1), self.content_from_features(items), c_items)
+        c = torch.cat([take_rows(r.c_u, users), c_items])
         p = [torch.cat([take_rows(pu, users), take_rows(pi, items)]) for pu, pi in zip(r.p_u, r.p_i)]
         routing = None
         if self.user_router is not None and self.item_router is not None:
@@ -229,6 +238,16 @@ class MAGNET(Recommender):
             routing = (torch.cat([g_u, g_i]), torch.cat([q_u, q_i]))
         mixed = self.mix(c, p, r.ref, routing, every_expert=False)
         return mixed.rows(slice(None, n_u)), mixed.rows(slice(n_u, None))
+
+    def content_from_features(self, items: Tensor | None = None, features: list[Tensor] | None = None) -> Tensor:
+        """The learned content -> c map (cold_dropout > 0) of trained `items`, or of
+        standardized `features` (one tensor per modality, sorted by name)."""
+        assert self.content_map is not None
+        if features is None:
+            features = [getattr(self.modal, f"feat_{m}") for m in self.modalities]
+            if items is not None:
+                features = [take_rows(f, items) for f in features]
+        return self.content_map(torch.cat(features, dim=1))
 
     @staticmethod
     def _route(router: TopKRouter | None, c: Tensor, noise: bool) -> tuple[Tensor, Tensor] | None:
@@ -293,3 +312,11 @@ class MAGNET(Recommender):
         users, items = self.mix_all(train=False)
         assert items.experts is not None
         return Encoding(users.emb, items.emb, items.base, items.gates, items.experts)
+
+    @torch.no_grad()
+    def content_path(self, features: dict[str, Tensor | np.ndarray], collaborative: str = "ridge",
+                     knn_k: int | None = None, base: Tensor | None = None) -> ContentEncoding:
+        """New items from their content alone: c, gates and experts through the learned
+        modality encoders, content neighbours among the trained items and the router
+        (model/magnet/cold.py), so e = c + sum_e g_e x_e as for trained items."""
+        return content_path(self, features, collaborative, knn_k, base)  # type: ignore[arg-type]
