@@ -36,10 +36,10 @@ from offline.config import ConfigError, load_config
 from offline.dataset import DatasetError, load_dataset
 from offline.export import EXACT_MAX_ITEMS, ExportError, check_bundle_out, read_run_arrays, write_bundle
 from offline.features import item_meta_tokens, item_text
-from offline.importer import canonical_ints, INT_RE, read_table
+from offline.importer import INT_RE, canonical_ints, item_attributes, read_table
 from offline.item_encoders import ItemEncoders, TextEncoder
 from service import bundle_format as fmt
-from service.item_files import ITEM_COLD, ITEM_NAMES
+from service.item_files import ITEM_ATTRIBUTES, ITEM_COLD, ITEM_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,35 @@ def rebuild_model(run: Path, data_dir: Path) -> Any:
     return model.eval()
 
 
+
+def extend_item_files(prior: dict[str, list], enc: ItemEncoders, table: pd.DataFrame, rows: np.ndarray,
+                      n_items: int) -> dict[str, list]:
+    """The run's per-item files (service.item_files) grown to `n_items`, the new items' entries
+    at `rows` filled from their CSV rows: cold flags, display names from the title column and
+    filter attributes from the meta columns, so names and `filter` keep working after add-items."""
+    def grown(entries: list, fill: Any) -> list:
+        return [*entries, *([fill] * (n_items - len(entries)))]
+
+    cold = grown(prior.get(ITEM_COLD) or [], False)
+    for r in rows:
+        cold[r] = True
+    out: dict[str, list] = {ITEM_COLD: cold}
+    names = prior.get(ITEM_NAMES)
+    if names is not None:
+        names = grown(names, None)
+        if enc.title_col and enc.title_col in table.columns:
+            for r, t in zip(rows, table[enc.title_col].str.strip()):
+                names[r] = t or None
+        out[ITEM_NAMES] = names
+    attributes = prior.get(ITEM_ATTRIBUTES)
+    if attributes is not None:
+        attributes = grown(attributes, None)
+        if enc.meta_cols:
+            for r, entry in zip(rows, item_attributes(enc.meta_cols, table[enc.meta_cols])):
+                attributes[r] = entry
+        out[ITEM_ATTRIBUTES] = attributes
+    return out
+
 def add_items(
     run: Path,
     items: Path,
@@ -186,22 +215,8 @@ def add_items(
         full[rows] = part.numpy().astype(np.float32)
         merged[key] = full
     merged["item_ids"] = [*data["item_ids"], *[str(i) for i in table.index[added]]]
-    cold = [False] * n_items
-    prior = data["item_files"].get(ITEM_COLD)
-    if prior is not None:
-        cold[:n_old] = prior
-    for r in rows:
-        cold[r] = True
-    item_files = {ITEM_COLD: cold}
-    names = data["item_files"].get(ITEM_NAMES)
-    if names is not None:
-        titles = table[enc.title_col].str.strip() if enc.title_col and enc.title_col in table.columns else None
-        names = [*names, *([None] * int(added.sum()))]
-        if titles is not None:
-            for r, t in zip(rows, titles):
-                names[r] = t or None
-        item_files[ITEM_NAMES] = names
-    merged["item_files"] = item_files
+    merged["item_files"] = extend_item_files(data["item_files"], enc, table, rows, n_items)
+    cold_items = int(sum(merged["item_files"][ITEM_COLD]))
     try:
         fmt.check_gates(merged["item_gates"], "new items' gates")
         fmt.check_invariant(merged["item_emb"], merged["item_base"], merged["item_gates"], merged["item_experts"],
@@ -209,9 +224,9 @@ def add_items(
     except fmt.FormatError as exc:
         raise AddItemsError(str(exc)) from None
     write_bundle(merged, out, source_run=run, exact_max_items=exact_max_items,
-                 manifest_extra={"cold_items": int(sum(cold)), "cold_start": {"collaborative": collaborative}})
+                 manifest_extra={"cold_items": cold_items, "cold_start": {"collaborative": collaborative}})
     summary = {"bundle": str(out), "added": int(added.sum()), "replaced": int((~added).sum()),
-               "n_items": n_items, "cold_items": int(sum(cold)), "seconds": time.perf_counter() - started,
+               "n_items": n_items, "cold_items": cold_items, "seconds": time.perf_counter() - started,
                "parts_s": {"read": t_model - started, "model": t_encode - t_model, "encode": t_path - t_encode,
                            "content_path": t_write - t_path, "write": time.perf_counter() - t_write}}
     log.info("add-items: %s", summary)

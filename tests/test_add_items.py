@@ -72,6 +72,11 @@ def test_added_items_join_the_run_items_in_a_verified_bundle(trained: dict[str, 
     assert b.manifest["cold_items"] == 3 and plain.manifest["cold_items"] == 0
     assert json.loads((out / "item_cold.json").read_text()) == [False] * N_ITEMS + [True] * 3
     assert b.item_names[-3:] == ["Ocean story", "Robot war", "Quiet farm"]
+    # the filter attributes carry over and the new items get theirs from their meta columns
+    assert b.item_attributes[:N_ITEMS] == plain.item_attributes
+    assert b.item_attributes[-3:] == [{"genres": ["Drama", "Romance"], "tags": ["t1", "t3"]},
+                                      {"genres": ["Action", "Sci-Fi"], "tags": ["t2"]},
+                                      {"genres": ["Drama"], "tags": ["t4", "zzz-unseen"]}]
     # the run's rows are untouched, users too
     np.testing.assert_array_equal(b.item_emb[:N_ITEMS], plain.item_emb)
     np.testing.assert_array_equal(b.item_experts[:N_ITEMS], plain.item_experts)
@@ -102,6 +107,7 @@ def test_known_ids_are_refused_unless_replace(trained: dict[str, Path], tmp_path
     row = plain.index("7")
     assert b.n_items == N_ITEMS + 1 and b.is_cold(row) and not b.is_cold(row - 1) and b.is_cold(N_ITEMS)
     assert b.item_names[row] == "Film 7 remade"
+    assert b.item_attributes[row] == {"genres": ["Comedy"], "tags": ["t1"]}
     old = np.load(trained["magnet"] / "arrays" / "item_emb.npy")
     assert not np.allclose(b.item_emb[row], old[row])
     np.testing.assert_array_equal(b.item_emb[row - 1], old[row - 1])
@@ -126,6 +132,9 @@ def test_explain_over_http_marks_cold_items_and_adds_up(trained: dict[str, Path]
             if item in served:
                 assert body["score"] == pytest.approx(served[item], rel=1e-5)
         assert "n1" in served or "n2" in served or "n3" in served  # new items are ranked like any other
+        # a filter matches the new items' attributes (only n3 carries this tag)
+        only = client.post(f"/recommend/{user}", json={"k": 5, "filter": {"tags": "zzz-unseen"}})
+        assert only.status_code == 200 and [r["item_id"] for r in only.json()["items"]] == ["n3"]
         schema = client.get("/openapi.json").json()["components"]["schemas"]["Explanation"]
         assert "cold" in schema["required"]
 
