@@ -7,7 +7,9 @@ then fold each removed user in from their training items through
 score their test items (training items masked: they are the history, which the
 service excludes) by Recall@20 / NDCG@20 (the MMRec protocol). The same users are
 scored with the model trained with them (a second training on the full data, same
-seed), with popularity, and with every fold-in method (MAGNET_FOLDIN_METHOD).
+seed), with popularity, and with every fold-in method (MAGNET_FOLDIN_METHOD). Known users
+with fresh items (their validation items as history) are scored with every method of
+MAGNET_FOLDIN_KNOWN_METHOD.
 
     python -m bench.online --work /tmp/online --json OUT.json
 
@@ -193,7 +195,7 @@ def evaluate_known(work: Path, methods: tuple[str, ...]) -> dict[str, Any]:
     bundle = bundle_of(work / "run_reduced", work / "bundle_reduced")
     rows: dict[str, Any] = {}
     for method in methods:
-        srv = start_server(f"known-{method}", bundle, work, {"MAGNET_FOLDIN_METHOD": method,
+        srv = start_server(f"known-{method}", bundle, work, {"MAGNET_FOLDIN_KNOWN_METHOD": method,
                                                              "MAGNET_MAX_HISTORY": "10000"})
         try:
             if "trained vector only" not in rows:

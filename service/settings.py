@@ -53,9 +53,14 @@ class Settings(BaseSettings):
     offload_work: int = Field(4_000_000, ge=0, description="a /recommend search of more multiply-adds "
                               "(queries x items x dim) runs in a worker thread, off the event loop")
     foldin_method: Literal["mean", "als", "graph"] = Field(
-        "graph", description="how a user vector is folded in from items (history, events): mean of their "
-        "vectors, implicit-ALS least squares, or MAGNET's graph aggregation mapped into the trained users' space; "
-        "graph measured best over three held-out draws (docs/benchmarks.md, 'Online fold-in')"
+        "als", description="how a user the model never saw is folded in from items (history, events): mean of "
+        "their vectors, implicit-ALS least squares, or MAGNET's graph aggregation mapped into the trained users' "
+        "space; als was the only one at >= 0.9x the trained model on every held-out draw (docs/benchmarks.md, "
+        "'Online fold-in')"
+    )
+    foldin_known_method: Literal["mean", "als", "graph"] = Field(
+        "graph", description="how a known user's trained vector moves with items the model has not seen "
+        "(e_u + f(seen + new) - f(seen)); graph gained the most from fresh items (docs/benchmarks.md)"
     )
     foldin_als_reg: float = Field(1.0, gt=0, description="ALS fold-in: ridge regularisation")
     foldin_als_alpha: float = Field(1.0, gt=0, description="ALS fold-in: confidence of an observed item")

@@ -56,7 +56,8 @@ class ModelState:
             item_index={i: n for n, i in enumerate(bundle.item_ids)},
             attribution=expert_modalities(bundle.experts),
             loaded_at=time.time(),
-            foldin=FoldIn(bundle, method=s.foldin_method, als_reg=s.foldin_als_reg, als_alpha=s.foldin_als_alpha,
+            foldin=FoldIn(bundle, method=s.foldin_method, known_method=s.foldin_known_method,
+                          als_reg=s.foldin_als_reg, als_alpha=s.foldin_als_alpha,
                           graph_reg=s.foldin_graph_reg),
             attributes=build_attribute_index(bundle.item_attributes),
         )

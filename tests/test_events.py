@@ -13,7 +13,9 @@ from service.events import STREAM, counter_key, user_key
 from service.foldin import FoldIn
 from service.settings import Settings
 
-DEFAULT_METHOD = Settings.model_fields["foldin_method"].default  # what a server uses unless told
+# the fold-in a server uses unless told: new users, known users
+DEFAULTS = {"method": Settings.model_fields["foldin_method"].default,
+            "known_method": Settings.model_fields["foldin_known_method"].default}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def test_memory_events_exclude_fold_in_and_explain(start_server, bundle_dir, loa
     assert r.status_code == 202 and r.json() == {"accepted": 3}
     after, body, _ = top(c, user)
     assert before[0] not in after and after != before and body["fallback"] is None
-    fold = FoldIn(loaded, method=DEFAULT_METHOD)
+    fold = FoldIn(loaded, **DEFAULTS)
     ev = loaded.item_ids.index(before[0])
     vec = fold.user_vector(u, np.array([ev]))
     assert after == brute_force(loaded, vec, set(loaded.seen(u).tolist()) | {ev}, 5)

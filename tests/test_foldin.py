@@ -75,9 +75,27 @@ def test_known_user_keeps_its_vector_and_moves_by_the_change_of_its_fold_in(bund
     assert fold.user_vector(None, new).dtype == np.float32
 
 
+def test_new_users_and_known_users_each_use_their_own_method(bundle):
+    fold = FoldIn(bundle, method="mean", known_method="graph")
+    u = 4
+    seen = bundle.seen(u)
+    new = np.setdiff1d(np.arange(bundle.n_items), seen)[:3]
+    # a new user: the mean of the items' vectors
+    np.testing.assert_allclose(fold.user_vector(None, new), bundle.item_emb[new].astype(np.float64).mean(axis=0),
+                               rtol=1e-6)
+    # a known user: moved by the graph fold-in, not the mean
+    graph = FoldIn(bundle, method="graph")
+    moved = bundle.user_emb[u] + graph.vector(np.union1d(seen, new)) - graph.vector(seen)
+    np.testing.assert_allclose(fold.user_vector(u, new), moved.astype(np.float32), rtol=1e-6)
+    by_mean = FoldIn(bundle, method="mean").user_vector(u, new)
+    assert not np.allclose(fold.user_vector(u, new), by_mean)
+
+
 def test_unknown_method_is_refused(bundle):
     with pytest.raises(ValueError, match="unknown fold-in method 'knn'"):
         FoldIn(bundle, method="knn")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown fold-in method 'svd'"):
+        FoldIn(bundle, method="als", known_method="svd")  # type: ignore[arg-type]
 
 
 def test_settings_name_the_methods():

@@ -21,7 +21,9 @@ from service.search import score_items
 
 GENRES = ("action", "comedy", "drama", "horror", "scifi")
 
-DEFAULT_METHOD = Settings.model_fields["foldin_method"].default  # what a server uses unless told
+# the fold-in a server uses unless told: new users, known users
+DEFAULTS = {"method": Settings.model_fields["foldin_method"].default,
+            "known_method": Settings.model_fields["foldin_known_method"].default}
 
 
 def attributes(n_items: int) -> list[dict[str, list[str]] | None]:
@@ -84,7 +86,7 @@ def test_unknown_user_is_folded_in_from_history(server, loaded):
     assert r.status_code == 200
     body = Recommendation.model_validate(r.json())
     assert body.fallback == "history" and body.user_id == "newcomer"
-    vec = FoldIn(loaded, method=DEFAULT_METHOD).user_vector(None, np.array(history)).astype(np.float32)
+    vec = FoldIn(loaded, **DEFAULTS).user_vector(None, np.array(history)).astype(np.float32)
     ref, ref_scores = brute_force(loaded, vec, history, None, 15)
     assert [it.item_id for it in body.items] == ref
     np.testing.assert_allclose([it.score for it in body.items], ref_scores, rtol=1e-9)
@@ -97,7 +99,7 @@ def test_known_user_with_history_is_its_trained_vector_moved_and_never_gets_seen
     body = server.client().post(f"/recommend/{loaded.user_ids[u]}",
                                 json={"k": 20, "history": ids_of(loaded, new)}).json()
     assert body["fallback"] is None
-    vec = FoldIn(loaded, method=DEFAULT_METHOD).user_vector(u, np.array(new))
+    vec = FoldIn(loaded, **DEFAULTS).user_vector(u, np.array(new))
     ref, _ = brute_force(loaded, vec, seen + new, None, 20)
     assert [it["item_id"] for it in body["items"]] == ref
 
