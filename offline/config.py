@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model import CONFIGS
 from model.base import TrainingDefaults
+from offline.evaluate import METRICS
 
 ModelName = Literal["magnet", "lightgcn", "popularity"]
 MODEL_NAMES: tuple[str, ...] = ("magnet", "lightgcn", "popularity")
@@ -27,7 +28,11 @@ class TrainConfig(BaseModel):
 
     model: ModelName = "magnet"
     epochs: int = Field(500, ge=0, description="upper bound on training epochs (early stopping ends most runs first)")
-    patience: int = Field(20, ge=1, description="evaluations without a better valid recall@20 before stopping")
+    patience: int = Field(20, ge=1, description="evaluations without a better selection metric before stopping")
+    select_metric: str = Field(
+        "recall@20", description="the valid metric that picks the best epoch and drives patience; "
+        "'+' sums several with equal weight, e.g. recall@20+ndcg@20"
+    )
     batch_size: int | None = Field(None, ge=1, description="training rows per step; None takes the model's default")
     lr: float | None = Field(None, gt=0, description="Adam learning rate; None takes the model's default")
     seed: int = 0
@@ -51,6 +56,25 @@ class TrainConfig(BaseModel):
         if 20 not in ks:  # early stopping and the contract's metrics need @20
             ks = sorted(set(ks) | {20})
         return sorted(set(ks))
+
+    @field_validator("select_metric")
+    @classmethod
+    def _select_metric_known(cls, value: str) -> str:
+        for term in value.split("+"):
+            name, _, k = term.strip().partition("@")
+            if name not in METRICS or not k.isdigit() or int(k) < 1:
+                raise ValueError(f"unknown metric {term.strip()!r}: expected e.g. recall@20 or recall@20+ndcg@20")
+        return "+".join(t.strip() for t in value.split("+"))
+
+    @model_validator(mode="after")
+    def _ks_cover_selection(self) -> TrainConfig:
+        needed = {int(t.split("@")[1]) for t in self.select_metric.split("+")}
+        self.ks = sorted(set(self.ks) | needed)
+        return self
+
+    def selection_score(self, metrics: dict[str, float]) -> float:
+        """The sum of the selection metric's terms in one split's metrics."""
+        return float(sum(metrics[t] for t in self.select_metric.split("+")))
 
     def model_section(self) -> BaseModel:
         """The nested settings of the chosen model."""

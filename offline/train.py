@@ -1,7 +1,8 @@
 """The trainer behind `magnet train`: a ranking loss over uniform negatives (each
 model's own: sampled softmax for MAGNET, BPR for LightGCN), full-ranking validation
-every epoch on the weight average, early stopping on valid Recall@20, and a run
-directory that `magnet evaluate` and `magnet export` read.
+every epoch on the weight average, early stopping on a valid metric
+(`select_metric`, Recall@20 by default), and a run directory that `magnet evaluate`
+and `magnet export` read.
 
 The run is written into a hidden sibling directory and published only when it is
 complete (`offline.publish`), so an interrupted run never looks finished.
@@ -113,6 +114,7 @@ class History:
     epochs: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     valid_recall: list[float] = field(default_factory=list)
+    valid_score: list[float] = field(default_factory=list)  # the selection metric (`select_metric`)
     routing: list[dict[str, Any]] = field(default_factory=list)
 
     def routing_block(self, final_utilization: list[float] | None) -> dict[str, Any] | None:
@@ -281,7 +283,7 @@ def fit(model: Recommender, ds: Dataset, cfg: TrainConfig, device: torch.device)
     history = History()
     with trainer.evaluated_weights():
         best_state = copy.deepcopy(model.state_dict())
-    best_recall, best_epoch, since_best, epochs_run = -1.0, 0, 0, 0
+    best_score, best_epoch, since_best, epochs_run = -1.0, 0, 0, 0
     bar = tqdm(
         range(1, cfg.epochs + 1), desc=f"train {cfg.model}", unit="epoch", disable=not (cfg.progress and info.is_main)
     )
@@ -293,9 +295,10 @@ def fit(model: Recommender, ds: Dataset, cfg: TrainConfig, device: torch.device)
             if info.is_main:
                 with trainer.evaluated_weights():
                     encoding = model.encode()
-                    recall = split_metrics(encoding, ds, "valid", cfg, device)["recall@20"]
-                    if recall > best_recall:
-                        best_recall, best_epoch, since_best = recall, epoch, 0
+                    valid = split_metrics(encoding, ds, "valid", cfg, device)
+                    recall, score = valid["recall@20"], cfg.selection_score(valid)
+                    if score > best_score:
+                        best_score, best_epoch, since_best = score, epoch, 0
                         best_state = copy.deepcopy(model.state_dict())
                     else:
                         since_best += 1
@@ -306,12 +309,13 @@ def fit(model: Recommender, ds: Dataset, cfg: TrainConfig, device: torch.device)
                 history.epochs.append(epoch)
                 history.loss.append(logs.get("loss", float("nan")))
                 history.valid_recall.append(recall)
+                history.valid_score.append(score)
                 history.routing.append(routing)
                 bar.set_postfix(_postfix(logs.get("loss", float("nan")), recall, routing))
                 log.log(
                     logging.DEBUG if cfg.progress else logging.INFO,
-                    "epoch %d loss %.4f valid recall@20 %.4f best %.4f@%d %s",
-                    epoch, logs.get("loss", 0.0), recall, best_recall, best_epoch,
+                    "epoch %d loss %.4f valid recall@20 %.4f best %s %.4f@%d %s",
+                    epoch, logs.get("loss", 0.0), recall, cfg.select_metric, best_score, best_epoch,
                     {k: v for k, v in routing.items() if k in ("stage", "coverage_entropy", "sample_entropy")},
                 )
                 stop = since_best >= cfg.patience

@@ -82,3 +82,19 @@ def test_best_state_carries_the_average_so_the_best_epoch_export_is_reproducible
     model.eval()
     recall = split_metrics(model.encode(), DS, "valid", cfg, torch.device("cpu"))["recall@20"]
     assert recall == pytest.approx(history.valid_recall[best_epoch - 1], abs=1e-12)
+
+
+def test_select_metric_picks_the_epoch_with_the_best_sum_of_its_terms() -> None:
+    """With select_metric=recall@20+ndcg@50 the best epoch is the first maximum of that
+    sum (not of recall@20), and the kept weights give exactly that sum on valid."""
+    trainer = _trainer()
+    model = trainer.model
+    cfg = load_config(None, ["select_metric=recall@20 + ndcg@50", "magnet.dim=8", "magnet.expert_hidden=8",
+                             "magnet.knn_k=4"], model="magnet", progress=False, epochs=4)
+    best_state, history, best_epoch, _ = fit(model, DS, cfg, torch.device("cpu"))
+    assert cfg.ks == [10, 20, 50]  # @50 is evaluated because the selection needs it
+    assert best_epoch == history.valid_score.index(max(history.valid_score)) + 1
+    model.load_state_dict(best_state)
+    model.eval()
+    valid = split_metrics(model.encode(), DS, "valid", cfg, torch.device("cpu"))
+    assert valid["recall@20"] + valid["ndcg@50"] == pytest.approx(max(history.valid_score), abs=1e-12)

@@ -35,6 +35,9 @@ def test_override_copies_instead_of_mutating():
         (["model=bpr"], "model"),
         (["lightgcn.nope=1"], "lightgcn.nope"),
         (["novalue"], "key=value"),
+        (["select_metric=hits@20"], "select_metric"),
+        (["select_metric=recall@0"], "select_metric"),
+        (["select_metric=recall"], "select_metric"),
     ],
 )
 def test_bad_settings_name_the_problem(overrides, fragment):
@@ -57,3 +60,10 @@ def test_batch_size_defaults_to_the_models_and_shrinks_on_small_data():
     assert cfg.train_batch_size(16_000) == 2000  # 8 steps per epoch at least
     assert load_config(None, ["batch_size=300"], model="magnet").train_batch_size(16_000) == 300
     assert load_config(None, [], model="lightgcn").train_batch_size(16_000) == 2048
+
+
+def test_select_metric_defaults_to_the_contracts_recall_at_20_and_sums_its_terms():
+    assert load_config().select_metric == "recall@20"
+    cfg = load_config(None, ["select_metric=recall@20 + ndcg@50"])
+    assert cfg.select_metric == "recall@20+ndcg@50" and cfg.ks == [10, 20, 50]
+    assert cfg.selection_score({"recall@20": 0.25, "ndcg@50": 0.125, "recall@10": 9.0}) == 0.375
