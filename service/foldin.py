@@ -2,10 +2,9 @@
 bundle's item vectors fixed (numpy only).
 
 Three methods, compared in docs/benchmarks.md ("Online fold-in"). A user the model never saw
-is folded in with MAGNET_FOLDIN_METHOD (default ``als``: the only method at >= 0.9x the
-trained model's Recall@20 on every held-out draw with today's model); a known user's trained
-vector is moved with MAGNET_FOLDIN_KNOWN_METHOD (default ``graph``: +4-6% Recall@20 from
-fresh items against +1-2% for ``als``, measured on all of the trained users):
+is folded in with MAGNET_FOLDIN_METHOD and a known user's trained vector is moved with
+MAGNET_FOLDIN_KNOWN_METHOD; both default to ``graph`` (map ridge 0.001), the choice of the
+validation checks (bench.foldin_check) on two model configurations:
 
 - ``mean``: the mean of the history's item vectors e_i.
 - ``als``: implicit-ALS fold-in against every item vector: the x minimising
@@ -43,8 +42,8 @@ METHODS: tuple[Method, ...] = ("mean", "als", "graph")
 class FoldIn:
     """Fold-in for one bundle; everything a method needs is precomputed here (read-only, thread-safe)."""
 
-    def __init__(self, bundle: Bundle, *, method: Method = "als", known_method: Method | None = None,
-                 als_reg: float = 1.0, als_alpha: float = 1.0, graph_reg: float = 0.01) -> None:
+    def __init__(self, bundle: Bundle, *, method: Method = "graph", known_method: Method | None = None,
+                 als_reg: float = 1.0, als_alpha: float = 1.0, graph_reg: float = 0.001) -> None:
         known_method = known_method or method
         for m in (method, known_method):
             if m not in METHODS:

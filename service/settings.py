@@ -53,10 +53,9 @@ class Settings(BaseSettings):
     offload_work: int = Field(4_000_000, ge=0, description="a /recommend search of more multiply-adds "
                               "(queries x items x dim) runs in a worker thread, off the event loop")
     foldin_method: Literal["mean", "als", "graph"] = Field(
-        "als", description="how a user the model never saw is folded in from items (history, events): mean of "
+        "graph", description="how a user the model never saw is folded in from items (history, events): mean of "
         "their vectors, implicit-ALS least squares, or MAGNET's graph aggregation mapped into the trained users' "
-        "space; als was the only one at >= 0.9x the trained model on every held-out draw (docs/benchmarks.md, "
-        "'Online fold-in')"
+        "space; graph (reg 0.001) led both validation checks (docs/benchmarks.md, 'Online fold-in')"
     )
     foldin_known_method: Literal["mean", "als", "graph"] = Field(
         "graph", description="how a known user's trained vector moves with items the model has not seen "
@@ -64,7 +63,8 @@ class Settings(BaseSettings):
     )
     foldin_als_reg: float = Field(1.0, gt=0, description="ALS fold-in: ridge regularisation")
     foldin_als_alpha: float = Field(1.0, gt=0, description="ALS fold-in: confidence of an observed item")
-    foldin_graph_reg: float = Field(0.01, gt=0, description="graph fold-in: ridge of the map, per fitted user")
+    foldin_graph_reg: float = Field(0.001, gt=0, description="graph fold-in: ridge of the map, per fitted user "
+                                    "(0.001 led 0.01 and 0.1 on both validation checks, docs/benchmarks.md)")
     max_history: int = Field(1000, ge=1, description="most items in a request's history (422 above)")
     max_exclude: int = Field(10_000, ge=1, description="most items in a request's exclude list (422 above)")
     max_candidates: int = Field(100_000, ge=1, description="most items in a request's candidates list (422 above)")
