@@ -103,7 +103,7 @@ def as_new_check(work: Path, seed: int) -> dict[str, float]:
             out[name] = recall(bundle.item_emb, vecs, [train[u] for u in users], [valid[u] for u in users])
     # graph: the map fitted on one fold's users, applied to the other's
     graph = variants[f"graph reg {GRAPH_REG[0]:g}"]
-    agg = {int(u): graph._aggregate(np.unique(train[u])) for u in users}
+    agg = {int(u): graph.aggregate(np.unique(train[u])) for u in users}
     for reg in GRAPH_REG:
         hits: list[float] = []
         for fit, score in ((0, 1), (1, 0)):

@@ -122,7 +122,6 @@ def rebuild_model(run: Path, data_dir: Path) -> Any:
     return model.eval()
 
 
-
 def extend_item_files(prior: dict[str, list], enc: ItemEncoders, table: pd.DataFrame, rows: np.ndarray,
                       n_items: int) -> dict[str, list]:
     """The run's per-item files (service.item_files) grown to `n_items`, the new items' entries
@@ -150,6 +149,7 @@ def extend_item_files(prior: dict[str, list], enc: ItemEncoders, table: pd.DataF
                 attributes[r] = entry
         out[ITEM_ATTRIBUTES] = attributes
     return out
+
 
 def add_items(
     run: Path,

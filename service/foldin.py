@@ -63,7 +63,7 @@ class FoldIn:
 
     # ---------------------------------------------------------------- graph method
 
-    def _aggregate(self, items: np.ndarray) -> np.ndarray:
+    def aggregate(self, items: np.ndarray) -> np.ndarray:
         """a = sum_i e_i / sqrt(d_i + 1) / sqrt(n): the normalised propagation of `items`."""
         if not items.size:
             return np.zeros(self.bundle.dim)
@@ -104,7 +104,7 @@ class FoldIn:
             h = self._items[items]
             a = self._gram + self.als_alpha * (h.T @ h) + self.als_reg * np.eye(dim)
             return np.linalg.solve(a, (1.0 + self.als_alpha) * h.sum(axis=0))
-        return self._aggregate(items) @ self._map
+        return self.aggregate(items) @ self._map
 
     def user_vector(self, user: int | None, new_items: np.ndarray) -> np.ndarray | None:
         """The vector a request ranks with (float32 [dim]): a known `user`'s trained vector moved by
