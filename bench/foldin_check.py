@@ -28,7 +28,7 @@ from bench.online import DEFAULT_DATA, held_out_users
 
 K = 20
 ALS = ((1.0, 1.0), (10.0, 1.0), (1.0, 5.0), (10.0, 10.0))  # (reg, alpha)
-GRAPH_REG = (0.001, 0.01, 0.1)
+GRAPH_REG = (0.0003, 0.001, 0.01, 0.1)  # the graph map's ridges compared by default (--graph-reg)
 
 
 def recall(item_emb: np.ndarray, vectors: np.ndarray, train: list[list[int]], relevant: list[set[int]]) -> float:
@@ -43,19 +43,20 @@ def recall(item_emb: np.ndarray, vectors: np.ndarray, train: list[list[int]], re
     return float(np.mean(out))
 
 
-def methods(bundle: Any) -> dict[str, Any]:
+def methods(bundle: Any, graph_reg: tuple[float, ...] = GRAPH_REG) -> dict[str, Any]:
     """name -> FoldIn for every variant compared."""
     from service.foldin import FoldIn
 
     out: dict[str, Any] = {"mean": FoldIn(bundle, method="mean")}
-    for reg in GRAPH_REG:
+    for reg in graph_reg:
         out[f"graph reg {reg:g}"] = FoldIn(bundle, method="graph", graph_reg=reg)
     for reg, alpha in ALS:
         out[f"als reg {reg:g} alpha {alpha:g}"] = FoldIn(bundle, method="als", als_reg=reg, als_alpha=alpha)
     return out
 
 
-def held_out_check(work: Path, data: Path, seed: int, fraction: float) -> dict[str, float]:
+def held_out_check(work: Path, data: Path, seed: int, fraction: float,
+                   graph_reg: tuple[float, ...] = GRAPH_REG) -> dict[str, float]:
     """The removed users, folded in from their training items, on their validation items."""
     from offline.dataset import load_dataset
     from service.bundle import load_bundle
@@ -75,10 +76,10 @@ def held_out_check(work: Path, data: Path, seed: int, fraction: float) -> dict[s
     users = [u for u in sorted(held) if train[u] and valid[u]]
     seen, rel = [train[u] for u in users], [valid[u] for u in users]
     return {name: recall(bundle.item_emb, np.stack([f.vector(np.array(s)) for s in seen]), seen, rel)
-            for name, f in methods(bundle).items()}
+            for name, f in methods(bundle, graph_reg).items()}
 
 
-def as_new_check(work: Path, seed: int) -> dict[str, float]:
+def as_new_check(work: Path, seed: int, graph_reg: tuple[float, ...] = GRAPH_REG) -> dict[str, float]:
     """The reduced model's trained users folded in as if new; the graph map fitted out of fold."""
     from offline.dataset import load_dataset
     from service.bundle import load_bundle
@@ -96,15 +97,15 @@ def as_new_check(work: Path, seed: int) -> dict[str, float]:
     folds = (np.sort(perm[::2]), np.sort(perm[1::2]))
     out: dict[str, float] = {"trained vectors": recall(bundle.item_emb, bundle.user_emb[users],
                                                         [train[u] for u in users], [valid[u] for u in users])}
-    variants = methods(bundle)
+    variants = methods(bundle, graph_reg)
     for name, f in variants.items():
         if f.method != "graph":
             vecs = np.stack([f.vector(np.array(train[u])) for u in users])
             out[name] = recall(bundle.item_emb, vecs, [train[u] for u in users], [valid[u] for u in users])
     # graph: the map fitted on one fold's users, applied to the other's
-    graph = variants[f"graph reg {GRAPH_REG[0]:g}"]
+    graph = variants[f"graph reg {graph_reg[0]:g}"]
     agg = {int(u): graph.aggregate(np.unique(train[u])) for u in users}
-    for reg in GRAPH_REG:
+    for reg in graph_reg:
         hits: list[float] = []
         for fit, score in ((0, 1), (1, 0)):
             x = np.stack([agg[int(u)] for u in folds[fit]])
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--graph-reg", type=float, nargs="+", default=list(GRAPH_REG),
+                        help="ridges of the graph map to compare (default %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
     seeds = args.seeds or list(range(len(args.work)))
@@ -134,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(w) for w in args.work if not (w / "bundle_reduced").is_dir()]
     if missing:
         parser.error(f"not a finished bench.online work directory: {', '.join(missing)}")
-    results = {"held_out_valid": [held_out_check(w, args.data, s, args.fraction) for w, s in zip(args.work, seeds)],
-               "as_new_valid": [as_new_check(w, s) for w, s in zip(args.work, seeds)]}
+    regs = tuple(args.graph_reg)
+    results = {"held_out_valid": [held_out_check(w, args.data, s, args.fraction, regs) for w, s in zip(args.work, seeds)],
+               "as_new_valid": [as_new_check(w, s, regs) for w, s in zip(args.work, seeds)]}
     for check, rows in results.items():
         print(f"{check} (Recall@{K}; seeds {' / '.join(map(str, seeds))}; mean)")
         for name in rows[0]:

@@ -3,7 +3,7 @@ bundle's item vectors fixed (numpy only).
 
 Three methods, compared in docs/benchmarks.md ("Online fold-in"). A user the model never saw
 is folded in with MAGNET_FOLDIN_METHOD and a known user's trained vector is moved with
-MAGNET_FOLDIN_KNOWN_METHOD; both default to ``graph`` (map ridge 0.001), the choice of the
+MAGNET_FOLDIN_KNOWN_METHOD; both default to ``graph`` (map ridge 0.0003), the choice of the
 validation checks (bench.foldin_check) on two model configurations:
 
 - ``mean``: the mean of the history's item vectors e_i.
@@ -43,7 +43,7 @@ class FoldIn:
     """Fold-in for one bundle; everything a method needs is precomputed here (read-only, thread-safe)."""
 
     def __init__(self, bundle: Bundle, *, method: Method = "graph", known_method: Method | None = None,
-                 als_reg: float = 1.0, als_alpha: float = 1.0, graph_reg: float = 0.001) -> None:
+                 als_reg: float = 1.0, als_alpha: float = 1.0, graph_reg: float = 0.0003) -> None:
         known_method = known_method or method
         for m in (method, known_method):
             if m not in METHODS:

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     foldin_method: Literal["mean", "als", "graph"] = Field(
         "graph", description="how a user the model never saw is folded in from items (history, events): mean of "
         "their vectors, implicit-ALS least squares, or MAGNET's graph aggregation mapped into the trained users' "
-        "space; graph (reg 0.001) led both validation checks (docs/benchmarks.md, 'Online fold-in')"
+        "space; graph (reg 0.0003) led both validation checks (docs/benchmarks.md, 'Online fold-in')"
     )
     foldin_known_method: Literal["mean", "als", "graph"] = Field(
         "graph", description="how a known user's trained vector moves with items the model has not seen "
@@ -63,8 +63,8 @@ class Settings(BaseSettings):
     )
     foldin_als_reg: float = Field(1.0, gt=0, description="ALS fold-in: ridge regularisation")
     foldin_als_alpha: float = Field(1.0, gt=0, description="ALS fold-in: confidence of an observed item")
-    foldin_graph_reg: float = Field(0.001, gt=0, description="graph fold-in: ridge of the map, per fitted user "
-                                    "(0.001 led 0.01 and 0.1 on both validation checks, docs/benchmarks.md)")
+    foldin_graph_reg: float = Field(0.0003, gt=0, description="graph fold-in: ridge of the map, per fitted user "
+                                    "(0.0003 led 0.00001-0.1 on both validation checks, docs/benchmarks.md)")
     max_history: int = Field(1000, ge=1, description="most items in a request's history (422 above)")
     max_exclude: int = Field(10_000, ge=1, description="most items in a request's exclude list (422 above)")
     max_candidates: int = Field(100_000, ge=1, description="most items in a request's candidates list (422 above)")
