@@ -206,4 +206,4 @@ def test_cold_dropout_off_leaves_training_unchanged() -> None:
     la, _ = a.loss(torch.arange(10), torch.arange(10), torch.arange(10, 20))
     torch.manual_seed(9)
     lb, _ = b.loss(torch.arange(10), torch.arange(10), torch.arange(10, 20))
-    assert float(la) == float(lb)
+    assert la.item() == lb.item()
