@@ -63,6 +63,14 @@ def redis_client(url: str, *, timeout_s: float, max_connections: int) -> Any:
     )
 
 
+async def close_quietly(client: Any) -> None:
+    """Close a redis-py client; closing a dead connection is not worth a traceback."""
+    try:
+        await client.aclose()
+    except Exception:
+        pass
+
+
 def _count(counters: dict, metrics: Metrics, backend: str, kind: str, values: Sequence[bytes | None]) -> None:
     """Adds a lookup's hits and misses to the (backend, kind) counters, bound once per kind."""
     pair = counters.get(kind)
@@ -212,10 +220,7 @@ class RedisCache:
         self._succeeded()
 
     async def close(self) -> None:
-        try:
-            await self._client.aclose()
-        except Exception:  # closing a dead connection is not worth a traceback
-            pass
+        await close_quietly(self._client)
 
 
 class TwoTierCache:

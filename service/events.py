@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.cache import redis_client
+from service.cache import close_quietly, redis_client
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -182,10 +182,7 @@ class RedisEvents:
         return None if raw is _FAILED else [tuple(i.decode() for i in items) for items in raw]
 
     async def close(self) -> None:
-        try:
-            await self._client.aclose()
-        except Exception:  # closing a dead connection is not worth a traceback
-            pass
+        await close_quietly(self._client)
 
 
 class CounterReads:
