@@ -19,10 +19,10 @@ Reads: every answer reads the user's counter (it names the cache key); only an a
 is computed reads the user's items too. Counter reads of concurrent requests are coalesced
 (`CounterReads`): one MGET carries every counter asked for while the previous one was in
 flight, so under load the per-request cost of the read is a fraction of a round trip, and
-every request's counter still comes from an MGET sent after the request asked. The counter is incremented in the
-same transaction that adds the items, so an answer computed from items newer than the
-counter it was keyed under can only be served to requests that read that counter before
-the event landed. Reads never fail a request: a Redis error is logged, reads pause for
+every request's counter still comes from an MGET sent after the request asked. The
+counter is incremented in the same transaction that adds the items, so an answer computed
+from items newer than the counter it was keyed under can only be served to requests that
+read that counter before the event landed. Reads never fail a request: a Redis error is logged, reads pause for
 MAGNET_REDIS_BACKOFF_S, and the answer comes from the bundle alone.
 """
 
