@@ -26,8 +26,8 @@ def _items(state: ModelState, ids: np.ndarray, scores: np.ndarray) -> list[dict[
     return [{"item_id": item_ids[i], "score": s} for i, s in zip(ids.tolist(), scores.tolist())]
 
 
-_NONE = NO_ITEMS = np.zeros(0, dtype=np.int64)
-_NONE.setflags(write=False)
+NO_ITEMS = np.zeros(0, dtype=np.int64)  # read-only: shared by every request that has none
+NO_ITEMS.setflags(write=False)
 
 
 @dataclass(frozen=True)
@@ -35,15 +35,15 @@ class Query:
     """One user's request beyond its id, as internal item indices (see POST /recommend/{user_id})."""
 
     k: int
-    history: np.ndarray = field(default_factory=lambda: _NONE)
-    exclude: np.ndarray = field(default_factory=lambda: _NONE)
+    history: np.ndarray = field(default_factory=lambda: NO_ITEMS)
+    exclude: np.ndarray = field(default_factory=lambda: NO_ITEMS)
     allowed: np.ndarray | None = None  # candidates and filter together; None = every item
 
 
 def event_items(state: ModelState, items: Sequence[str]) -> np.ndarray:
     """A user's event item ids as internal indices (items the served bundle lacks are skipped)."""
     if not items:
-        return _NONE
+        return NO_ITEMS
     index = state.item_index
     return np.array([index[i] for i in items if i in index], dtype=np.int64)
 
@@ -52,7 +52,7 @@ def _union(*parts: np.ndarray) -> np.ndarray:
     """Sorted distinct items of the non-empty parts (no concatenation when only one is non-empty)."""
     full = [p for p in parts if p.size]
     if not full:
-        return _NONE
+        return NO_ITEMS
     return np.unique(np.concatenate(full)) if len(full) > 1 else np.unique(full[0])
 
 
@@ -64,7 +64,7 @@ def compute_one(state: ModelState, user_id: str, events: np.ndarray, q: Query) -
     if q.exclude.size and fold.size:
         fold = np.setdiff1d(fold, q.exclude, assume_unique=True)
     vec = state.foldin.user_vector(user, fold)
-    seen = state.bundle.seen(user) if user is not None else _NONE
+    seen = state.bundle.seen(user) if user is not None else NO_ITEMS
     excluded = _union(seen, events, q.history, q.exclude)
     if vec is None:
         ids, scores = state.searcher.popular_among(q.k, excluded, q.allowed)
@@ -81,7 +81,7 @@ def compute_recommendations(state: ModelState, user_ids: Sequence[str], k: int,
     """Bodies for `user_ids` in order: known users without events through one batched FAISS
     search, users with events folded in (`compute_one`), the rest get the popular items with
     ``fallback: "popular"``."""
-    events = events if events is not None else [_NONE] * len(user_ids)
+    events = events if events is not None else [NO_ITEMS] * len(user_ids)
     known = [(n, state.user_index[u]) for n, u in enumerate(user_ids)
              if u in state.user_index and not events[n].size]
     ranked = state.searcher.recommend([u for _, u in known], k)
@@ -121,7 +121,7 @@ async def recommendations(
 ) -> list[tuple[bytes, str]]:
     """(JSON body, "hit" | "miss" | "fallback") per user. Answers that are not the popular
     fallback go through the cache (one MGET / one pipelined SET for a batch) under keys that
-    carry each user's event counter (one GET / MGET before the cache); the users' event items
+    carry each user's event counter (read before the cache, see `RedisEvents.counts`); the users' event items
     are read only for the answers that are computed. A search of more than `offload_work`
     multiply-adds (queries x items x dim) runs in a worker thread, keeping the event loop free."""
     counts = await event_counts(store, user_ids)
@@ -139,7 +139,7 @@ async def recommendations(
         lists = await event_lists(state, store, [user_ids[n] for n in with_events]) if with_events else []
         unreadable = lists is None  # counters read, items not: answer from the bundle, cache nothing of theirs
         by_user = dict(zip(with_events, lists or []))
-        items = [by_user.get(n, _NONE) for n in todo]
+        items = [by_user.get(n, NO_ITEMS) for n in todo]
         b = state.bundle
         if len(todo) * b.n_items * b.dim > offload_work:
             bodies = await run_in_threadpool(compute_recommendations, state, wanted, k, items)
@@ -166,7 +166,7 @@ async def recommend_query(state: ModelState, metrics: Metrics, user_id: str, q: 
     """The body of POST /recommend/{user_id} (and GET with ``exclude``): not cached (it depends on
     the request), folded in from the user's events and the request's history."""
     lists = await event_lists(state, store, [user_id])
-    events = lists[0] if lists else _NONE
+    events = lists[0] if lists else NO_ITEMS
     b = state.bundle
     if b.n_items * b.dim > offload_work:
         body = await run_in_threadpool(compute_one, state, user_id, events, q)
@@ -198,8 +198,8 @@ async def explanation(state: ModelState, cache: Cache, user_id: str, item_id: st
     (hit,) = await cache.get_many([key], "explain")
     if hit is not None:
         return hit[:-1] + b',"cached":true}'
-    lists = await event_lists(state, store, [user_id]) if count else [_NONE]
-    vec = state.foldin.user_vector(user, lists[0] if lists else _NONE)
+    lists = await event_lists(state, store, [user_id]) if count else [NO_ITEMS]
+    vec = state.foldin.user_vector(user, lists[0] if lists else NO_ITEMS)
     if vec is None:
         return None
     body = {"user_id": user_id, "item_id": item_id, "model_version": state.model_version,

@@ -22,8 +22,8 @@ flight, so under load the per-request cost of the read is a fraction of a round 
 every request's counter still comes from an MGET sent after the request asked. The
 counter is incremented in the same transaction that adds the items, so an answer computed
 from items newer than the counter it was keyed under can only be served to requests that
-read that counter before the event landed. Reads never fail a request: a Redis error is logged, reads pause for
-MAGNET_REDIS_BACKOFF_S, and the answer comes from the bundle alone.
+read that counter before the event landed. Reads never fail a request: a Redis error is
+logged, reads pause for MAGNET_REDIS_BACKOFF_S, and the answer comes from the bundle alone.
 """
 
 from __future__ import annotations
@@ -159,8 +159,6 @@ class RedisEvents:
         of concurrent requests into one MGET, see `CounterReads`)."""
         if not user_ids:
             return []
-        if time.monotonic() < self._down_until:
-            return None
         return await self._counters.read(user_ids)
 
     async def _read_counters(self, user_ids: list[str]) -> dict[str, int] | None:
