@@ -3,11 +3,14 @@ the cold ranking metrics and the full-catalogue recall."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from bench.cold_start import full_recall, hold_out, normalised_content, ranking_metrics
+from bench.cold_start import collaborative_vectors, full_recall, hold_out, normalised_content, ranking_metrics
 
 
 def test_hold_out_is_a_deterministic_tenth_of_the_items_with_interactions() -> None:
@@ -42,3 +45,16 @@ def test_full_recall_ranks_new_items_among_all_without_the_seen_ones() -> None:
 def test_normalised_content_is_unit_length_with_each_modality_weighted_alike() -> None:
     x = normalised_content({"a": np.array([[3.0, 4.0]]), "b": np.array([[0.0, 10.0, 0.0]])})
     np.testing.assert_allclose(x, [[0.6 / np.sqrt(2), 0.8 / np.sqrt(2), 0.0, 1 / np.sqrt(2), 0.0]])
+
+
+def test_collaborative_vectors_reorders_users_and_reuses_a_finished_run(tmp_path: Path) -> None:
+    """The LightGCN baseline's user rows must line up with the MAGNET bundle's user order."""
+    arrays = tmp_path / "run" / "arrays"
+    arrays.mkdir(parents=True)
+    (tmp_path / "run" / "metrics.json").write_text("{}")  # a finished run: nothing is trained
+    (arrays / "user_ids.json").write_text(json.dumps(["b", "c", "a"]))
+    np.save(arrays / "user_emb.npy", np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]], dtype=np.float32))
+    np.save(arrays / "item_emb.npy", np.eye(2, dtype=np.float32))
+    user, item = collaborative_vectors(tmp_path / "data", tmp_path / "run", "lightgcn", 0, ["a", "b", "c"])
+    assert user[:, 0].tolist() == [3.0, 1.0, 2.0]
+    assert item.dtype == np.float64 and item.shape == (2, 2)
