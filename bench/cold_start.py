@@ -197,6 +197,17 @@ def mlp_regression(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, seed: int, h
         return net(torch.as_tensor(x_new, dtype=torch.float32)).numpy()
 
 
+def train_once(data: Path, run: Path, model: str, seed: int, overrides: list[str]) -> None:
+    """Trains `model` on `data` into `run` on the CPU (seed, `overrides`), unless `run`
+    already holds a finished run (its metrics.json)."""
+    from offline.config import load_config
+    from offline.train import train
+
+    if not (run / "metrics.json").is_file():
+        cfg = load_config(None, ["progress=false", *overrides], model=model, seed=seed, device="cpu")
+        train(data, run, cfg, overwrite=True)
+
+
 def collaborative_vectors(data: Path, run: Path, model: str, seed: int, user_ids: list[str],
                           patience: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """(user vectors in `user_ids` order, item vectors) of a `model` run trained on
@@ -204,12 +215,7 @@ def collaborative_vectors(data: Path, run: Path, model: str, seed: int, user_ids
     already holds one). The longer patience keeps the baseline fair: at the default 20
     LightGCN's validation curve stalls early and two of three seeds stopped at epoch
     ~14 with test R@20 0.13 against 0.18 at a patience of 100."""
-    from offline.config import load_config
-    from offline.train import train
-
-    if not (run / "metrics.json").is_file():
-        cfg = load_config(None, ["progress=false", f"patience={patience}"], model=model, seed=seed, device="cpu")
-        train(data, run, cfg, overwrite=True)
+    train_once(data, run, model, seed, [f"patience={patience}"])
     arrays = run / "arrays"
     row = {u: i for i, u in enumerate(json.loads((arrays / "user_ids.json").read_text()))}
     user = np.load(arrays / "user_emb.npy", allow_pickle=False)[[row[u] for u in user_ids]]
@@ -222,11 +228,9 @@ def collaborative_vectors(data: Path, run: Path, model: str, seed: int, user_ids
 def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from model.magnet.cold import ridge_apply, ridge_fit
     from offline.add_items import add_items
-    from offline.config import load_config
     from offline.dataset import load_dataset
     from offline.importer import import_dataset
     from offline.item_encoders import ItemEncoders, encode_items
-    from offline.train import train
     from service.bundle import load_bundle
 
     started = time.perf_counter()
@@ -242,9 +246,7 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     ds = load_dataset(data)
     no_content = keep_with_content(paths["new_items"], ItemEncoders.read(data))
     run = root / "run"
-    if not (run / "metrics.json").is_file():
-        cfg = load_config(None, ["progress=false", *args.set], model="magnet", seed=seed, device="cpu")
-        train(data, run, cfg, overwrite=True)
+    train_once(data, run, "magnet", seed, args.set)
     warm = json.loads((run / "metrics.json").read_text())
 
     result: dict[str, Any] = {"seed": seed, "held_out_items": len(held), "held_out_without_content": no_content,
